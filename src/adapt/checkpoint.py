@@ -1,0 +1,136 @@
+"""Training checkpoints without pickle: weights, optimizer and RNG states in safetensors, the rest in JSON.
+Each checkpoint is written to a temporary folder and renamed into place, so a killed run never leaves a
+checkpoint that `--resume` could pick half-written."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from adapt.errors import AdaptError
+
+STATE_FILE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Only what training changes: frozen weights (e.g. a LoRA base model) are rebuilt from the base."""
+    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, path: Path) -> None:
+    state = load_file(str(path))
+    params = dict(model.named_parameters())
+    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
+    unknown = [n for n in state if n not in params]
+    if missing or unknown:
+        raise AdaptError(f"{path}: does not match the model ({len(missing)} missing, {len(unknown)} unknown weights); "
+                         "was the recipe changed since the checkpoint was written?")
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value)
+
+
+def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, slots in sd["state"].items():
+        for key, value in slots.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_flat(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
+        index, key = flat.split(".", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = s
+    np_state = np.random.get_state()
+    tensors["numpy.keys"] = torch.from_numpy(np_state[1].astype(np.int64))
+    py_state = random.getstate()
+    meta = {"numpy": [np_state[0], int(np_state[2]), int(np_state[3]), float(np_state[4])],
+            "python": [py_state[0], list(py_state[1]), py_state[2]]}
+    return tensors, meta
+
+
+def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    name, pos, has_gauss, gauss = meta["numpy"]
+    np.random.set_state((name, tensors["numpy.keys"].numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = meta["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def save_process_rng(folder: Path, rank: int) -> None:
+    tensors, meta = _rng_state()
+    save_file(tensors, str(folder / f"rng-{rank}.safetensors"))
+    (folder / f"rng-{rank}.json").write_text(json.dumps(meta))
+
+
+def load_process_rng(folder: Path, rank: int) -> None:
+    path = folder / f"rng-{rank}.safetensors"
+    if not path.exists():
+        raise AdaptError(f"{folder}: no RNG state for process {rank}; resume with the same number of processes")
+    _set_rng_state(load_file(str(path)), json.loads((folder / f"rng-{rank}.json").read_text()))
+
+
+def save_main_state(folder: Path, model, optimizer, scheduler, state: dict) -> None:
+    """Model, optimizer, scheduler and loop state (main process only)."""
+    save_file(trainable_state(model), str(folder / "model.safetensors"))
+    tensors, meta = _optimizer_to_flat(optimizer)
+    save_file(tensors, str(folder / "optimizer.safetensors"))
+    (folder / "optimizer.json").write_text(json.dumps(meta))
+    (folder / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+
+def load_state(folder: Path, model, optimizer, scheduler) -> dict:
+    load_trainable_state(model, folder / "model.safetensors")
+    optimizer.load_state_dict(_optimizer_from_flat(load_file(str(folder / "optimizer.safetensors")),
+                                                   json.loads((folder / "optimizer.json").read_text())))
+    scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
+    return json.loads((folder / STATE_FILE).read_text())
+
+
+def step_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:
+    """Complete step checkpoints, oldest first (temporary folders never match the name pattern)."""
+    if not checkpoint_dir.exists():
+        return []
+    found = []
+    for child in checkpoint_dir.iterdir():
+        match = _STEP_DIR.match(child.name)
+        if match and (child / STATE_FILE).exists():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def latest_checkpoint(checkpoint_dir: Path) -> Path | None:
+    found = step_checkpoints(checkpoint_dir)
+    return found[-1][1] if found else None
+
+
+def rotate(checkpoint_dir: Path, keep: int) -> None:
+    for _, path in step_checkpoints(checkpoint_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,165 @@
+"""The `adapt` command line: parses options, turns them into recipe overrides, and dispatches. No logic
+lives here beyond that."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+
+from adapt.errors import AdaptError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune and adapt pretrained Hugging Face transformers to real tasks.")
+recipes_app = typer.Typer(help="List the named recipes, or show one resolved.", invoke_without_command=True)
+app.add_typer(recipes_app, name="recipes")
+
+
+def user_errors(command):
+    """Bad input is one line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except AdaptError as err:
+            print(f"error: {err}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+# common flags -> recipe keys
+FLAG_KEYS = {
+    "model": "model", "data": "data.train", "validation": "data.validation", "test": "data.test",
+    "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size", "max_steps": "train.max_steps",
+    "output_dir": "output_dir", "seed": "train.seed", "max_train_examples": "data.max_train_examples",
+    "eval_steps": "train.eval_steps", "save_steps": "train.save_steps", "grad_accum": "train.grad_accum",
+}
+
+
+@app.command()
+@user_errors
+def finetune(
+    recipe: Annotated[str, typer.Option("--recipe", "-r", help="Recipe name (see `adapt recipes`) or path to a YAML recipe.")] = "sentiment",
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="Recipe overrides as key=value, e.g. train.warmup_ratio=0.1 data.columns.text=sentence.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model: Hub id, local folder, or embedded:NAME.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Training data: CSV/TSV/JSON/JSONL/Parquet file, Hub dataset id, or embedded:NAME.")] = None,
+    validation: Annotated[Optional[str], typer.Option(help="Validation data; without it a seeded share of train is held out.")] = None,
+    test: Annotated[Optional[str], typer.Option(help="Test data, scored once with the best checkpoint.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Passes over the training data.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, linear warmup then decay).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per micro-batch per process.")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches accumulated per optimizer step.")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many optimizer steps (overrides --epochs).")] = None,
+    max_train_examples: Annotated[Optional[int], typer.Option(help="Use at most this many training examples (seeded sample).")] = None,
+    eval_steps: Annotated[Optional[int], typer.Option(help="Evaluate every N optimizer steps (always at the end).")] = None,
+    save_steps: Annotated[Optional[int], typer.Option(help="Write a resumable checkpoint every N steps (and at the end).")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Where the run is written (default runs/<recipe>).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for data order, initialisation and dropout.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
+    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue from the last checkpoint of the output dir ('last') or from a given checkpoint folder.", flag_value="last", is_flag=False)] = None,
+    num_processes: Annotated[int, typer.Option(help="Train on N processes (relaunches itself with `accelerate launch`).")] = 1,
+) -> None:
+    """Fine-tune a pretrained model with a recipe."""
+    from adapt.recipe import parse_overrides, resolve_recipe
+
+    flags = {"model": model, "data": data, "validation": validation, "test": test, "epochs": epochs, "lr": lr,
+             "batch_size": batch_size, "grad_accum": grad_accum, "max_steps": max_steps,
+             "max_train_examples": max_train_examples, "eval_steps": eval_steps, "save_steps": save_steps,
+             "output_dir": output_dir, "seed": seed}
+    pairs = [(FLAG_KEYS[k], v) for k, v in flags.items() if v is not None] + parse_overrides(list(overrides or []))
+    resolved = resolve_recipe(recipe, pairs)
+    if num_processes > 1:
+        from adapt.launch import relaunch
+
+        raise typer.Exit(relaunch(num_processes))
+    from adapt.train import Interrupted, finetune as run
+
+    try:
+        run(resolved, overwrite=overwrite, resume=None if resume is None else (True if resume == "last" else resume))
+    except Interrupted as stop:
+        print(str(stop), file=sys.stderr)
+        raise typer.Exit(130) from None
+
+
+@app.command()
+@user_errors
+def predict(
+    model: Annotated[str, typer.Option(help="A model folder written by `adapt finetune`.")],
+    texts: Annotated[Optional[list[str]], typer.Argument(help="Inputs to predict on; none = read --file or stdin, one per line.", show_default=False)] = None,
+    file: Annotated[Optional[str], typer.Option(help="Read inputs from this file, one per line (streamed).")] = None,
+    output_format: Annotated[str, typer.Option("--format", help="jsonl (one JSON object per input) or table.")] = "jsonl",
+    batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.")] = 64,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Task option override key=value (e.g. task_options.max_new_tokens=64).")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation tasks: tokens to generate.")] = None,
+    temperature: Annotated[Optional[float], typer.Option(help="Generation tasks: sampling temperature (0 = greedy).")] = None,
+    top_p: Annotated[Optional[float], typer.Option(help="Generation tasks: nucleus sampling mass.")] = None,
+) -> None:
+    """Run a fine-tuned model on new inputs: labels, entities, answers or generated text."""
+    from adapt.runner import load_trained, predict_stream
+    from adapt.ui import console, prediction_table
+
+    sets = list(overrides or [])
+    for key, value in (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_p", top_p)):
+        if value is not None:
+            sets.append(f"task_options.{key}={value}")
+    task, loaded = load_trained(model, None, sets)
+    if texts:
+        inputs = iter(texts)
+    else:
+        handle = open(file, encoding="utf-8") if file else sys.stdin
+        inputs = (line.rstrip("\n") for line in handle if line.strip())
+    records = predict_stream(task, loaded, inputs, batch_size)
+    if output_format == "table":
+        console.print(prediction_table(list(records)))
+    elif output_format == "jsonl":
+        for record in records:
+            sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_plain) + "\n")
+    else:
+        raise AdaptError(f"--format must be jsonl or table, not '{output_format}'")
+
+
+def _plain(value: Any):
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+@recipes_app.callback()
+@user_errors
+def recipes(ctx: typer.Context) -> None:
+    """List the named recipes."""
+    if ctx.invoked_subcommand:
+        return
+    from adapt.recipe import available_recipes, load_recipe_dict
+    from adapt.ui import console, recipes_table
+
+    rows = []
+    for name in available_recipes():
+        raw, _ = load_recipe_dict(name)
+        rows.append((name, raw.get("task", ""), raw.get("model", ""), str(raw.get("data", {}).get("train", "")),
+                     raw.get("description", "")))
+    console.print(recipes_table(rows))
+
+
+@recipes_app.command("show")
+@user_errors
+def recipes_show(
+    name: Annotated[str, typer.Argument(help="Recipe name or YAML path.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides to apply before showing.", show_default=False)] = None,
+) -> None:
+    """Print a recipe fully resolved (defaults filled in, overrides applied) as YAML."""
+    from adapt.recipe import parse_overrides, recipe_to_yaml, resolve_recipe
+
+    print(recipe_to_yaml(resolve_recipe(name, parse_overrides(list(overrides or [])))), end="")
+
+
+from adapt.cli_eval import eval_command  # noqa: E402  (registered after the app exists)
+
+app.command("eval")(user_errors(eval_command))
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,63 @@
+"""The `adapt eval` command: parse options and hand off to adapt.scoring (files) or a model evaluation."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from adapt.errors import AdaptError
+
+
+def _model_report(model: str, data: Optional[str], recipe: Optional[str], overrides: list[str]) -> dict:
+    from adapt.runner import evaluate_model  # written with the task modules; imported only when used
+
+    return {"scores": {"model": evaluate_model(model, data, recipe, overrides)}, "examples": []}
+
+
+def eval_command(
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="Metric to compute; repeat for several: accuracy, f1, precision, recall, matthews, seqeval, squad, squad_v2, bleu, chrf, rouge, perplexity.")] = None,
+    predictions: Annotated[Optional[str], typer.Option("--predictions", "-p", help="Prediction file: one prediction per line, or .jsonl (label / tags / text / id+prediction_text).")] = None,
+    references: Annotated[Optional[list[str]], typer.Option("--references", "-r", help="Reference file aligned with the predictions; repeat for several references (BLEU/chrF streams, SQuAD gold answers).")] = None,
+    ci: Annotated[Optional[float], typer.Option("--ci", help="Add a bootstrap confidence interval at this level, e.g. 0.95.")] = None,
+    compare: Annotated[Optional[str], typer.Option("--compare", help="Second prediction file: paired bootstrap test (Koehn 2004) against --predictions, reports a p-value.")] = None,
+    samples: Annotated[int, typer.Option("--bootstrap-samples", min=10, help="Number of bootstrap resamples for --ci and --compare.")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the bootstrap resampling.")] = 0,
+    seqeval_mode: Annotated[str, typer.Option("--seqeval-mode", help="seqeval matching: 'strict' (IOB2 spans, default) or 'default' (seqeval's lenient conlleval-style mode).")] = "strict",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON instead of a table.")] = False,
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Write scores and per-example predictions to this JSON file.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="Evaluate this saved model directory (an `adapt finetune` output) instead of prediction files.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="Evaluation data file for --model (default: the recipe's evaluation split).")] = None,
+    recipe: Annotated[Optional[str], typer.Option("--recipe", help="Recipe name or YAML file describing the task for --model.")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Recipe override KEY=VALUE for --model; repeatable.")] = None,
+    text_file: Annotated[Optional[str], typer.Option("--text-file", help="Text whose perplexity --model is measured on (with --metric perplexity).")] = None,
+    stride: Annotated[int, typer.Option("--stride", min=1, help="Perplexity: tokens between the starts of successive sliding windows.")] = 512,
+    max_length: Annotated[int, typer.Option("--max-length", min=1, help="Perplexity: tokens the model reads per window.")] = 1024,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Perplexity: windows per forward pass.")] = 1,
+) -> None:
+    """Score predictions against references (files) or a saved model, fully offline."""
+    from adapt import scoring
+
+    metrics = list(metric or [])
+    if seqeval_mode not in ("strict", "default"):
+        raise AdaptError(f"--seqeval-mode must be 'strict' or 'default', got '{seqeval_mode}'")
+    if "perplexity" in metrics:
+        if model is None or text_file is None or metrics != ["perplexity"]:
+            raise AdaptError("perplexity needs --model DIR and --text-file FILE, and no other --metric")
+        report = scoring.score_perplexity(model, text_file, max_length, stride, batch_size)
+    elif model is not None:
+        if metrics:
+            raise AdaptError("with --model the recipe's task picks the metrics; --metric only takes perplexity here")
+        report = _model_report(model, data, recipe, list(overrides or []))
+    elif predictions is None:
+        raise AdaptError("give --predictions FILE and --references FILE (or --model DIR)")
+    else:
+        report = scoring.score_files(
+            metrics, predictions, list(references or []), ci, compare, samples, seed, seqeval_mode == "strict"
+        )
+    if output:
+        scoring.write_output(report, output)
+    if as_json:
+        typer.echo(scoring.to_json(report))
+    else:
+        scoring.render(report)

@@ -1,0 +1,183 @@
+"""Writing run artefacts safely: atomic files and folders, the training log, the loss curve, the model card."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+class AtomicDir:
+    """`with AtomicDir(target) as tmp:` write into tmp; on success tmp is renamed to target (replacing
+    an older one), on failure it is removed. Readers never see a half-written folder."""
+
+    def __init__(self, target: Path):
+        self.target = Path(target)
+
+    def __enter__(self) -> Path:
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".tmp-{self.target.name}-"))
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.target.exists():
+            trash = self.target.with_name(f".old-{self.target.name}-{os.getpid()}")
+            os.replace(self.target, trash)
+            os.replace(self.tmp, self.target)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.target)
+
+
+def move_files_into(src: Path, dst: Path) -> None:
+    """Move every file of src into dst, each by an atomic rename (same filesystem)."""
+    for item in Path(src).iterdir():
+        target = Path(dst) / item.name
+        if target.is_dir() and item.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)
+
+
+class JsonlLog:
+    def __init__(self, path: Path, enabled: bool = True, append: bool = False):
+        self.path, self.enabled = Path(path), enabled
+        if enabled and not append:
+            self.path.write_text("")
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record, default=_jsonable) + "\n")
+
+
+def read_log(path: Path) -> list[dict]:
+    if not Path(path).exists():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def plot_curves(log: list[dict], path: Path, metric: str | None, title: str) -> None:
+    """Training loss (and the eval metric on a second axis) against optimizer steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [r for r in log if r.get("kind") == "train"]
+    evals = [r for r in log if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss")
+    if evals and any("loss" in r for r in evals):
+        ax.plot([r["step"] for r in evals if "loss" in r], [r["loss"] for r in evals if "loss" in r],
+                "o--", color="tab:cyan", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if metric and evals and any(metric in r for r in evals):
+        ax2 = ax.twinx()
+        points = [(r["step"], r[metric]) for r in evals if metric in r]
+        ax2.plot(*zip(*points), "s-", color="tab:orange", label=f"eval {metric}")
+        ax2.set_ylabel(metric)
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="center right")
+    else:
+        ax.legend(loc="upper right")
+    ax.set_title(title)
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def model_card(recipe, metrics: dict, n_examples: dict, pipeline_tag: str, base_model: str, extra: dict) -> str:
+    scalar = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in scalar.items())
+    t = recipe.train
+    hyper = {
+        "epochs": t.epochs, "max_steps": t.max_steps, "batch size (per device)": t.batch_size,
+        "gradient accumulation": t.grad_accum, "learning rate": t.lr, "weight decay": t.weight_decay,
+        "warmup ratio": t.warmup_ratio, "max grad norm": t.max_grad_norm, "max length": t.max_length,
+        "seed": t.seed, **extra,
+    }
+    hyper_rows = "\n".join(f"| {k} | {v} |" for k, v in hyper.items())
+    sizes = ", ".join(f"{k}: {v:,}" for k, v in n_examples.items())
+    peft_line = f"\nAdapter: {recipe.peft.method} (r={recipe.peft.r}, alpha={recipe.peft.alpha}).\n" if recipe.peft else ""
+    return f"""---
+library_name: {"peft" if recipe.peft else "transformers"}
+pipeline_tag: {pipeline_tag}
+base_model: {base_model}
+tags: [adapt, {recipe.task}]
+---
+
+# {recipe.name}
+
+Fine-tuned with [adapt](https://github.com/) recipe `{recipe.name}` (task `{recipe.task}`) from `{recipe.model}`.
+{peft_line}
+## Data
+
+- train: `{recipe.data.train}`
+- validation: `{recipe.data.validation or f"{recipe.data.validation_fraction:.0%} carved from train (seed {t.seed})"}`
+- test: `{recipe.data.test or "-"}`
+- examples: {sizes}
+
+## Hyperparameters
+
+| setting | value |
+|---|---|
+{hyper_rows}
+
+## Metrics
+
+| metric | value |
+|---|---|
+{rows}
+
+## Use
+
+```python
+from transformers import pipeline
+pipe = pipeline("{pipeline_tag}", model="PATH_TO_THIS_FOLDER")
+```
+
+The full resolved recipe is in `recipe.yaml`; the training log is `train_log.jsonl`.
+"""

@@ -1,0 +1,87 @@
+"""Using a finished model: load it with the task that trained it, predict on new inputs, score it on data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from accelerate import Accelerator
+
+from adapt.errors import AdaptError
+from adapt.recipe import parse_overrides, recipe_from_dict, resolve_recipe
+from adapt.tasks import get_task
+from adapt.tasks.base import Task
+
+
+def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str] = ()) -> tuple[Task, Any]:
+    """The task and model for a folder written by `adapt finetune` (its recipe.yaml says the task) or a
+    plain Hugging Face checkpoint given `recipe`."""
+    import yaml
+
+    folder = Path(model_dir)
+    if not (folder / "config.json").exists() and not (folder / "adapter_config.json").exists():
+        raise AdaptError(f"{folder} is not a model folder (no config.json); give the output directory of a run")
+    pairs = parse_overrides(list(overrides))
+    if recipe:
+        resolved = resolve_recipe(recipe, pairs)
+    elif (folder / "recipe.yaml").exists():
+        raw = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
+        from adapt.recipe import apply_override
+
+        for key, value in pairs:
+            apply_override(raw, key, value)
+        resolved = recipe_from_dict(raw, str(folder / "recipe.yaml"))
+    else:
+        raise AdaptError(f"{folder} has no recipe.yaml (not trained by adapt); pass --recipe to say which task it is")
+    resolved.model = str(folder)
+    task = get_task(resolved)
+    task.load_tokenizer(str(folder))
+    model = task.load_trained(str(folder))
+    task.restore_from_model(model)
+    return task, model
+
+
+def predict_stream(task: Task, model, inputs: Iterable[str], batch_size: int = 64, chunk: int = 2048) -> Iterator[dict]:
+    """Predictions for a stream of text inputs, `chunk` at a time, so large inputs never sit in memory whole."""
+    from adapt.train import predict
+
+    accelerator = Accelerator(cpu=not _has_gpu())
+    model = model.to(accelerator.device)
+    buffer: list[str] = []
+
+    def flush():
+        raw = task.inputs_from_texts(buffer)
+        features = task.featurize(raw, "predict")
+        for row, prediction in zip(raw.to_list(), predict(task, model, features, raw, accelerator, batch_size)):
+            yield {"input": row, **prediction}
+
+    for line in inputs:
+        buffer.append(line)
+        if len(buffer) >= chunk:
+            yield from flush()
+            buffer = []
+    if buffer:
+        yield from flush()
+
+
+def evaluate_model(model_dir: str, data: str | None, recipe: str | None, overrides: list[str]) -> dict:
+    """Score a trained model on a labelled data file/Hub split with its task's metrics."""
+    from adapt.train import evaluate
+
+    task, model = load_trained(model_dir, recipe, overrides)
+    source = data or task.recipe.data.test or task.recipe.data.validation
+    if not source:
+        raise AdaptError("no evaluation data: pass --data FILE (or a Hub id)")
+    raw = task.read_source(source, task.recipe.data.test_split)
+    features = task.featurize(raw, "eval")
+    accelerator = Accelerator(cpu=not _has_gpu())
+    model = model.to(accelerator.device)
+    metrics, predictions = evaluate(task, model, features, raw, accelerator, task.recipe.train.eval_batch_size)
+    return {"metrics": metrics, "predictions": task.example_predictions(predictions, raw), "data": source}
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+

@@ -1,0 +1,19 @@
+"""Task registry: a recipe's `task:` name -> the module implementing it."""
+
+from __future__ import annotations
+
+import importlib
+
+from adapt.errors import AdaptError
+
+# name -> "module:Class", imported lazily so one task's heavy imports never slow another's start-up
+TASKS = {
+    "classification": "adapt.tasks.classification:SequenceClassification",
+}
+
+
+def get_task(recipe):
+    if recipe.task not in TASKS:
+        raise AdaptError(f"recipe task '{recipe.task}' is unknown; tasks are: {', '.join(TASKS)}")
+    module, cls = TASKS[recipe.task].split(":")
+    return getattr(importlib.import_module(module), cls)(recipe)

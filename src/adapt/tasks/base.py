@@ -1,0 +1,199 @@
+"""The protocol every task implements, and the shared pieces (source dispatch, splits, padding, loss) that
+most tasks reuse. The training loop in `adapt.train` only talks to a task through this interface."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from adapt import assets, data
+from adapt.errors import AdaptError
+from adapt.recipe import Recipe
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+
+
+class TaskOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Task:
+    """One task: how to read its data, build its model, batch it, score it. Subclasses override the
+    `NotImplementedError` methods; the rest has sensible shared defaults."""
+
+    name: ClassVar[str]
+    Options: ClassVar[type[TaskOptions]] = TaskOptions
+    default_metric: ClassVar[str]
+    greater_is_better: ClassVar[bool] = True
+    pipeline_tag: ClassVar[str]
+    auto_class: ClassVar[str]  # the transformers Auto class that loads this task's models
+    # raw column used to split train/validation by group (e.g. SQuAD articles); None = by example
+    group_column: ClassVar[str | None] = None
+
+    def __init__(self, recipe: Recipe):
+        self.recipe = recipe
+        try:
+            self.options = self.Options.model_validate(recipe.task_options)
+        except ValidationError as err:
+            first = err.errors()[0]
+            key = ".".join(str(p) for p in first["loc"])
+            what = "unknown key" if first["type"] == "extra_forbidden" else f"bad value ({first['msg']}) for"
+            raise AdaptError(f"recipe task_options: {what} '{key}' for task '{self.name}'") from None
+        self.tokenizer = None
+
+    # ---- data -----------------------------------------------------------------------------------
+    def read_source(self, ref: str, split: str) -> Dataset:
+        """Raw examples in this task's canonical columns, from a file, embedded:NAME or a Hub id."""
+        if assets.is_embedded(ref):
+            ds = self.load_embedded(ref)
+        elif data.is_local(ref):
+            ds = self.read_file(Path(ref))
+        else:
+            ds = data.load_hub_split(ref, self.recipe.data.hub_config, split)
+        ds = self.normalize(ds, ref)
+        data.check_not_empty(ds, ref)
+        return ds
+
+    def read_file(self, path: Path) -> Dataset:
+        return data.read_table(path)
+
+    def load_embedded(self, ref: str) -> Dataset:
+        raise AdaptError(f"task '{self.name}' has no embedded dataset '{ref}'")
+
+    def normalize(self, ds: Dataset, source: str) -> Dataset:
+        """Map raw columns to the task's canonical ones; check they exist."""
+        return ds
+
+    def load_splits(self) -> dict[str, Dataset]:
+        cfg = self.recipe.data
+        if not cfg.train:
+            raise AdaptError("the recipe has no training data: set --data (data.train) to a file, Hub id or embedded:NAME")
+        train = self.read_source(cfg.train, cfg.train_split)
+        if cfg.validation:
+            validation = self.read_source(cfg.validation, cfg.validation_split)
+        elif data.is_local(cfg.train) or assets.is_embedded(cfg.train):
+            train, validation = data.carve_validation(
+                train, cfg.validation_fraction, self.recipe.train.seed, self.group_column
+            )
+        else:  # Hub dataset: use its own validation split
+            validation = self.read_source(cfg.train, cfg.validation_split)
+        splits = {"train": train, "validation": validation}
+        if cfg.test:
+            splits["test"] = self.read_source(cfg.test, cfg.test_split)
+        if cfg.max_train_examples and len(train) > cfg.max_train_examples:
+            splits["train"] = train.shuffle(seed=self.recipe.train.seed).select(range(cfg.max_train_examples))
+        if cfg.max_eval_examples:
+            for name in ("validation", "test"):
+                if name in splits and len(splits[name]) > cfg.max_eval_examples:
+                    splits[name] = splits[name].select(range(cfg.max_eval_examples))
+        self.setup(splits)
+        return splits
+
+    def setup(self, splits: dict[str, Dataset]) -> None:
+        """Learn what the data defines (e.g. label names) and check the splits agree."""
+
+    def inputs_from_texts(self, texts: list[str]) -> Dataset:
+        """Raw examples from plain text lines, for `adapt predict`."""
+        raise AdaptError(f"task '{self.name}' cannot predict from plain text; give a data file")
+
+    # ---- model ------------------------------------------------------------------------------------
+    def load_tokenizer(self, path: str):
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.recipe.trust_remote_code)
+        return self.tokenizer
+
+    def build_model(self, path: str):
+        """A model to fine-tune, from a pretrained checkpoint."""
+        return self.load_trained(path)
+
+    def load_trained(self, path: str):
+        """A saved model of this task (adapter folders load their base model plus the adapter)."""
+        if (Path(path) / "adapter_config.json").exists():
+            from adapt.lora import load_adapter_model
+
+            return load_adapter_model(path, self)
+        import transformers
+
+        return getattr(transformers, self.auto_class).from_pretrained(
+            path, use_safetensors=True, trust_remote_code=self.recipe.trust_remote_code)
+
+    def restore_from_model(self, model) -> None:
+        """Recover what `setup` learned (labels, ...) from a saved model, for predict/eval."""
+
+    # ---- features and batches -------------------------------------------------------------------------
+    def featurize(self, raw: Dataset, role: str) -> Dataset:
+        """Tokenized features with a `length` column (for length-grouped batching)."""
+        raise NotImplementedError
+
+    def featurize_key(self) -> list[str]:
+        """Everything besides the data and tokenizer that changes featurize's output."""
+        return [self.name, str(self.recipe.train.max_length), self.options.model_dump_json()]
+
+    def collate(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        return pad_batch(rows, self.tokenizer.pad_token_id or 0)
+
+    # ---- loss and evaluation --------------------------------------------------------------------------
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum of per-target losses, number of targets): the loop divides by the targets of the whole
+        global batch, so gradient accumulation and multi-process runs equal one big batch."""
+        logits = model(**model_inputs(batch)).logits
+        return summed_cross_entropy(logits, batch["labels"])
+
+    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"] != -100).sum())
+
+    def eval_step(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-example outputs (first dimension = batch), reduced on device before leaving it."""
+        raise NotImplementedError
+
+    def postprocess(self, outputs: list[dict[str, Any]], features: Dataset, raw: Dataset) -> list[dict[str, Any]]:
+        """Outputs per feature (ordered by feature index) -> one prediction per raw example."""
+        raise NotImplementedError
+
+    def score(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
+        """Per-example records written next to metrics (inputs, gold, prediction)."""
+        return predictions
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: batch[k] for k in MODEL_INPUT_KEYS if k in batch}
+
+
+def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    labels = labels.reshape(-1)
+    loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    return loss, (labels != -100).sum()
+
+
+PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": -100, "special_tokens_mask": 1}
+
+
+def pad_batch(rows: dict[str, list], pad_token_id: int, pad_values: dict[str, int] | None = None,
+              skip: tuple[str, ...] = ("length",)) -> dict[str, torch.Tensor]:
+    """Pad every list-valued column to the longest row in this batch (dynamic padding) and stack
+    scalar columns; columns in `skip` are dropped."""
+    values = {**PAD_VALUES, "input_ids": pad_token_id, **(pad_values or {})}
+    batch = {}
+    for key, column in rows.items():
+        if key in skip:
+            continue
+        first = column[0]
+        if isinstance(first, (list, tuple)):
+            if first and isinstance(first[0], (list, tuple)):
+                continue  # nested (e.g. offset mappings): stays with the features, not the batch
+            width = max(len(r) for r in column)
+            fill = values.get(key, 0)
+            batch[key] = torch.tensor([list(r) + [fill] * (width - len(r)) for r in column])
+        elif isinstance(first, (int, float, bool)):
+            batch[key] = torch.tensor(column)
+    return batch

@@ -1,0 +1,409 @@
+"""The one training loop every task uses, on Accelerate: AdamW with linear warmup/decay, gradient
+accumulation normalised by target count, clipping, bf16 autocast, periodic evaluation, best-checkpoint
+selection, early stopping, atomic checkpoints and exact resume. Read it top to bottom."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from datasets import Dataset
+
+from adapt import assets, batching, checkpoint, data, outputs
+from adapt.errors import AdaptError
+from adapt.recipe import Recipe, recipe_to_yaml
+from adapt.tasks import get_task
+from adapt.tasks.base import Task
+from adapt.ui import console, summary_table, training_progress
+
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+
+
+class Interrupted(Exception):
+    """Ctrl-C during training: a checkpoint was saved; the message says how to resume."""
+
+
+@dataclass
+class LoopState:
+    """Everything besides weights/optimizer/RNG that a resumed run needs to continue exactly."""
+
+    step: int = 0  # optimizer steps done
+    micro_step: int = 0  # micro-batches consumed (position in the data stream)
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    train_seconds: float = 0.0
+    samples: int = 0
+    tokens: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+# ---- set-up ---------------------------------------------------------------------------------------
+def mixed_precision_mode(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    # bf16 autocast only pays off on CPUs with native bf16 matmul (AVX512-BF16 / AMX)
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
+def check_output_dir(output_dir: Path, overwrite: bool, resume: bool | str | None) -> None:
+    """Refuse to clobber a previous run before any work is done."""
+    if resume or not output_dir.exists() or not any(output_dir.iterdir()):
+        return
+    if not overwrite:
+        raise AdaptError(f"output directory {output_dir} is not empty; pass --overwrite to replace it, "
+                         "--resume to continue it, or choose another --output-dir")
+
+
+def featurize_splits(task: Task, raw: dict[str, Dataset], tokenizer_id: str, accelerator: Accelerator) -> dict[str, Dataset]:
+    """Tokenize each split once; the main process fills the cache and the others then read it."""
+    recipe = task.recipe
+    cache = os.environ.get("ADAPT_NO_CACHE") != "1"
+    features = {}
+    with accelerator.main_process_first():
+        for role, ds in raw.items():
+            key = [recipe.data.model_dump_json(), role, str(ds._fingerprint), tokenizer_id,
+                   str(len(task.tokenizer)), *task.featurize_key()]
+            key += [data.fingerprint_source(ref) for ref in (recipe.data.train, recipe.data.validation, recipe.data.test) if ref]
+            features[role], _ = data.cached_map(key, lambda ds=ds, role=role: task.featurize(ds, role), enabled=cache)
+    return features
+
+
+def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        # biases and normalisation weights are not decayed (standard BERT/GPT practice)
+        (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused AdamW runs one kernel for all parameters on CPU and GPU alike
+    return torch.optim.AdamW(groups, lr=recipe.train.lr, fused=True)
+
+
+def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+# ---- evaluation -----------------------------------------------------------------------------------
+def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Accelerator, batch_size: int) -> list[dict]:
+    """Batched prediction over a split, sharded over processes and gathered so every example counts
+    exactly once; returns one prediction per raw example on every process."""
+    was_training = model.training
+    model.eval()
+    lengths = features["length"]
+    mine = batching.eval_order(lengths, accelerator.process_index, accelerator.num_processes)
+    plan = batching.eval_batches(mine, lengths, batch_size, max_tokens=batch_size * 128)
+    records = []
+    with torch.inference_mode(), accelerator.autocast():
+        for batch in batching.iterate(features, plan, task.collate):
+            index = batch.pop("index").tolist()
+            out = task.eval_step(model, to_device(batch, accelerator.device))
+            host = {k: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy() for k, v in out.items()}
+            records += [{"index": i, **{k: v[j] for k, v in host.items()}} for j, i in enumerate(index)]
+    if accelerator.num_processes > 1:
+        records = gather_object(records)
+    records.sort(key=lambda r: r["index"])
+    if [r["index"] for r in records] != list(range(len(features))):
+        raise RuntimeError("evaluation did not see every example exactly once")
+    if was_training:
+        model.train()
+    return task.postprocess(records, features, raw)
+
+
+def evaluate(task: Task, model, features: Dataset, raw: Dataset, accelerator: Accelerator,
+             batch_size: int) -> tuple[dict[str, Any], list[dict]]:
+    """(metrics, predictions) for a labelled split."""
+    predictions = predict(task, model, features, raw, accelerator, batch_size)
+    metrics = task.score(predictions, raw)
+    metrics["examples"] = len(raw)
+    return metrics, predictions
+
+
+# ---- the loop --------------------------------------------------------------------------------------
+def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None = None) -> dict[str, Any]:
+    output_dir = Path(recipe.output_dir)
+    check_output_dir(output_dir, overwrite, resume)
+    t_start = time.perf_counter()
+    cfg = recipe.train
+    accelerator = Accelerator(mixed_precision=mixed_precision_mode(cfg.mixed_precision),
+                              log_with=recipe.tracking or None, project_dir=str(output_dir))
+    is_main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    set_seed(cfg.seed)
+
+    task = get_task(recipe)
+    model_path = assets.resolve_model_path(recipe.model)
+    tokenizer_path = assets.resolve_model_path(recipe.tokenizer) if recipe.tokenizer else model_path
+    task.load_tokenizer(tokenizer_path)
+    raw = task.load_splits()
+    features = featurize_splits(task, raw, tokenizer_path, accelerator)
+    t_data = time.perf_counter() - t_start
+
+    # Only now, with the data known good, is the output directory touched.
+    if is_main:
+        if overwrite and not resume and output_dir.exists():
+            shutil.rmtree(output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        outputs.atomic_write_text(output_dir / "recipe.yaml", recipe_to_yaml(recipe))
+    accelerator.wait_for_everyone()
+
+    model = task.build_model(model_path)
+    if recipe.peft:
+        from adapt.lora import wrap_with_peft
+
+        model = wrap_with_peft(model, recipe.peft)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.compile:
+        model = torch.compile(model, dynamic=True)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total_params = sum(p.numel() for p in model.parameters())
+
+    micro_batch_size = cfg.batch_size * world  # examples in one micro-batch across all processes
+    micro_per_epoch = batching.steps_per_epoch(len(features["train"]), micro_batch_size)
+    if cfg.max_steps:
+        total_steps = cfg.max_steps
+    else:
+        total_steps = math.ceil(math.ceil(cfg.epochs * micro_per_epoch) / cfg.grad_accum)
+    total_micro = cfg.max_steps * cfg.grad_accum if cfg.max_steps else math.ceil(cfg.epochs * micro_per_epoch)
+    warmup_steps = int(cfg.warmup_ratio * total_steps)
+
+    optimizer = build_optimizer(model, recipe)
+    scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    unwrapped = accelerator.unwrap_model(model)
+
+    state = LoopState()
+    checkpoint_dir = output_dir / CHECKPOINTS
+    log = outputs.JsonlLog(output_dir / "train_log.jsonl", enabled=is_main, append=bool(resume))
+    if resume:
+        folder = Path(resume) if isinstance(resume, str) else checkpoint.latest_checkpoint(checkpoint_dir)
+        if folder is None or not (folder / checkpoint.STATE_FILE).exists():
+            raise AdaptError(f"--resume: no complete checkpoint in {checkpoint_dir}; start without --resume")
+        state = LoopState(**checkpoint.load_state(folder, unwrapped, optimizer, scheduler))
+        checkpoint.load_process_rng(folder, rank)
+        if is_main:  # drop log lines written after the checkpoint, which the resumed run will redo
+            kept = [r for r in outputs.read_log(log.path) if r.get("step", 0) <= state.step]
+            outputs.atomic_write_text(log.path, "".join(outputs.json.dumps(r) + "\n" for r in kept))
+        accelerator.print(f"resuming from {folder} at step {state.step}/{total_steps}")
+    if recipe.tracking:
+        accelerator.init_trackers("tensorboard" if "tensorboard" in recipe.tracking else recipe.name,
+                                  config={"lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs})
+
+    metric_name = cfg.metric_for_best or task.default_metric
+    greater = task.greater_is_better if cfg.greater_is_better is None else cfg.greater_is_better
+
+    def save_checkpoint() -> Path:
+        target = checkpoint_dir / f"step-{state.step}"
+        tmp = checkpoint_dir / f".tmp-step-{state.step}"
+        if is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        checkpoint.save_process_rng(tmp, rank)
+        accelerator.wait_for_everyone()
+        if is_main:
+            checkpoint.save_main_state(tmp, unwrapped, optimizer, scheduler, state.__dict__)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+            checkpoint.rotate(checkpoint_dir, cfg.save_total_limit)
+        accelerator.wait_for_everyone()
+        return target
+
+    def run_eval() -> bool:
+        """Evaluate, log, keep the best weights; True when early stopping says stop."""
+        metrics, _ = evaluate(task, model, features["validation"], raw["validation"], accelerator, cfg.eval_batch_size)
+        value = metrics.get(metric_name)
+        if value is None:
+            raise AdaptError(f"train.metric_for_best '{metric_name}' is not a metric of task '{task.name}' "
+                             f"(metrics: {', '.join(k for k, v in metrics.items() if isinstance(v, (int, float)))})")
+        record = {"kind": "eval", "step": state.step, **{k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        log.write(record)
+        state.history.append(record)
+        accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("kind", "step")}, step=state.step)
+        improved = state.best_metric is None or (value > state.best_metric if greater else value < state.best_metric)
+        if improved:
+            state.best_metric, state.best_step, state.evals_without_improvement = float(value), state.step, 0
+            if is_main:
+                with outputs.AtomicDir(checkpoint_dir / BEST) as tmp:
+                    from safetensors.torch import save_file
+
+                    save_file(checkpoint.trainable_state(unwrapped), str(tmp / "model.safetensors"))
+        else:
+            state.evals_without_improvement += 1
+        accelerator.wait_for_everyone()
+        patience = cfg.early_stopping_patience
+        return bool(patience and state.evals_without_improvement >= patience)
+
+    # -- train --
+    model.train()
+    device = accelerator.device
+    window = {"loss": 0.0, "targets": 0, "samples": 0, "tokens": 0, "t0": time.perf_counter()}
+    stopped_early = False
+    progress = training_progress(enabled=is_main)
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    interrupted = {"flag": False}
+
+    def on_sigint(signum, frame):  # finish the current step, then checkpoint and exit
+        if interrupted["flag"]:
+            raise KeyboardInterrupt
+        interrupted["flag"] = True
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+    def micro_batches():
+        """The data stream from the current position, across epoch boundaries."""
+        m = state.micro_step
+        while m < total_micro:
+            epoch, offset = divmod(m, micro_per_epoch)
+            plan = batching.global_batches(features["train"]["length"], micro_batch_size, cfg.seed, epoch, cfg.group_by_length)
+            mine = [batching.shard_batch(b, rank, world) for b in plan[offset:]]
+            for batch in batching.iterate(features["train"], mine, task.collate, cfg.num_workers):
+                yield batch
+                m += 1
+                if m >= total_micro:
+                    return
+
+    stream = micro_batches()
+    try:
+        with progress:
+            bar = progress.add_task("training", total=total_steps, completed=state.step, status="")
+            while state.step < total_steps:
+                t_step = time.perf_counter()
+                window_batches = [b for _, b in zip(range(cfg.grad_accum), stream)]
+                if not window_batches:
+                    break
+                for b in window_batches:
+                    b.pop("index")
+                targets = torch.tensor(sum(task.count_targets(b) for b in window_batches), device=device)
+                if world > 1:
+                    targets = accelerator.reduce(targets, reduction="sum")
+                # loss = sum over the global batch / its target count; DDP averages gradients over the
+                # processes, so each process scales its share by `world`.
+                scale = world / max(1, int(targets))
+                for i, b in enumerate(window_batches):
+                    b = to_device(b, device)
+                    sync = accelerator.no_sync(model) if i < len(window_batches) - 1 else nullcontext()
+                    with sync, accelerator.autocast():
+                        loss_sum, _ = task.loss(model, b)
+                        accelerator.backward(loss_sum * scale)
+                    window["loss"] += float(loss_sum.detach())
+                    window["samples"] += len(b["input_ids"])
+                    window["tokens"] += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+                window["targets"] += int(targets) // world if world > 1 else int(targets)
+                if cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.micro_step += len(window_batches)
+                state.train_seconds += time.perf_counter() - t_step
+
+                if state.step % cfg.log_steps == 0 or state.step == total_steps:
+                    elapsed = time.perf_counter() - window["t0"]
+                    totals = torch.tensor([window["loss"], window["targets"], window["samples"], window["tokens"]],
+                                          dtype=torch.float64, device=device)
+                    if world > 1:
+                        totals = accelerator.reduce(totals, reduction="sum")
+                    loss_v, targets_v, samples_v, tokens_v = totals.tolist()
+                    state.samples += int(samples_v)
+                    state.tokens += int(tokens_v)
+                    record = {"kind": "train", "step": state.step, "epoch": round(state.micro_step / micro_per_epoch, 4),
+                              "loss": loss_v / max(1.0, targets_v), "lr": scheduler.get_last_lr()[0],
+                              "samples_per_s": samples_v / elapsed, "tokens_per_s": tokens_v / elapsed}
+                    log.write(record)
+                    state.history.append(record)
+                    accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")}, step=state.step)
+                    progress.update(bar, status=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                                                f"{record['samples_per_s']:.1f} samples/s")
+                    window = {"loss": 0.0, "targets": 0, "samples": 0, "tokens": 0, "t0": time.perf_counter()}
+                progress.update(bar, completed=state.step)
+
+                last = state.step == total_steps
+                if (cfg.eval_steps and state.step % cfg.eval_steps == 0) or last:
+                    stopped_early = run_eval()
+                if (cfg.save_steps and state.step % cfg.save_steps == 0) or (cfg.save_steps and last):
+                    save_checkpoint()
+                if interrupted["flag"] and not last:
+                    folder = save_checkpoint()
+                    raise Interrupted(f"interrupted at step {state.step}/{total_steps}; checkpoint saved to {folder}. "
+                                      f"Resume with the same command plus --resume")
+                if stopped_early:
+                    accelerator.print(f"early stopping at step {state.step}: no {metric_name} improvement in "
+                                      f"{cfg.early_stopping_patience} evaluations")
+                    break
+    finally:
+        signal.signal(signal.SIGINT, previous_sigint)
+
+    # -- final artefacts: best weights, test scores, model card --
+    best_file = checkpoint_dir / BEST / "model.safetensors"
+    if best_file.exists():
+        accelerator.wait_for_everyone()
+        checkpoint.load_trainable_state(unwrapped, best_file)
+    final = {"best_step": state.best_step, f"best_{metric_name}": state.best_metric}
+    validation_metrics, val_predictions = evaluate(task, model, features["validation"], raw["validation"], accelerator, cfg.eval_batch_size)
+    final["validation"] = validation_metrics
+    if "test" in features:
+        final["test"], _ = evaluate(task, model, features["test"], raw["test"], accelerator, cfg.eval_batch_size)
+    final.update({
+        "train_steps": state.step, "train_samples": state.samples, "train_seconds": round(state.train_seconds, 2),
+        "train_samples_per_s": state.samples / max(state.train_seconds, 1e-9),
+        "train_tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+        "data_seconds": round(t_data, 2), "stopped_early": stopped_early,
+        "trainable_params": trainable, "total_params": total_params, "processes": world,
+        "mixed_precision": accelerator.mixed_precision, "device": str(device),
+    })
+    if is_main:
+        write_final_artefacts(task, unwrapped, output_dir, recipe, final, raw, val_predictions, model_path)
+        final["wall_seconds"] = round(time.perf_counter() - t_start, 2)
+        outputs.atomic_write_json(output_dir / "metrics.json", final)
+        console.print(summary_table(recipe, final, output_dir, metric_name))
+    accelerator.end_training()
+    return final
+
+
+def write_final_artefacts(task: Task, model, output_dir: Path, recipe: Recipe, final: dict, raw: dict,
+                          val_predictions: list[dict], base_model: str) -> None:
+    """A standard Hugging Face folder (weights, config, tokenizer, card) plus adapt's run records."""
+    with outputs.AtomicDir(output_dir / ".final") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        task.tokenizer.save_pretrained(tmp)
+        n_examples = {k: len(v) for k, v in raw.items()}
+        extra = {"mixed precision": final["mixed_precision"], "processes": final["processes"],
+                 "trainable parameters": f"{final['trainable_params']:,} of {final['total_params']:,}"}
+        card_metrics = {f"validation {k}": v for k, v in final["validation"].items()}
+        card_metrics.update({f"test {k}": v for k, v in final.get("test", {}).items()})
+        (tmp / "README.md").write_text(outputs.model_card(recipe, card_metrics, n_examples, task.pipeline_tag,
+                                                          recipe.model, extra))
+        rows = task.example_predictions(val_predictions, raw["validation"])
+        (tmp / "predictions_validation.jsonl").write_text(
+            "".join(outputs.json.dumps(r, default=outputs._jsonable) + "\n" for r in rows))
+    outputs.move_files_into(output_dir / ".final", output_dir)
+    shutil.rmtree(output_dir / ".final", ignore_errors=True)
+    history = outputs.read_log(output_dir / "train_log.jsonl")
+    outputs.plot_curves(history, output_dir / "loss_curve.png", recipe.train.metric_for_best or task.default_metric,
+                        f"{recipe.name}: {recipe.model}")

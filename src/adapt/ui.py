@@ -1,0 +1,78 @@
+"""Terminal output: the live training progress bar and the end-of-run summary table (rich)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console(stderr=False)
+error_console = Console(stderr=True)
+
+
+class _Silent:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def add_task(self, *args, **kwargs):
+        return 0
+
+    def update(self, *args, **kwargs):
+        pass
+
+
+def training_progress(enabled: bool = True):
+    if not enabled:
+        return _Silent()
+    return Progress(
+        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+        TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+        console=console, transient=False, refresh_per_second=4,
+    )
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.1f}"
+    return str(value)
+
+
+def summary_table(recipe, final: dict, output_dir: Path, metric: str) -> Table:
+    table = Table(title=f"adapt finetune: {recipe.name}", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for split in ("validation", "test"):
+        for key, value in final.get(split, {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                style = "bold green" if key == metric else None
+                table.add_row(f"{split} {key}", _fmt(value), style=style)
+    for key in ("train_steps", "train_samples", "train_seconds", "train_samples_per_s", "train_tokens_per_s",
+                "trainable_params", "mixed_precision", "best_step"):
+        table.add_row(key.replace("_", " "), _fmt(final.get(key)))
+    table.caption = f"saved to {output_dir}"
+    return table
+
+
+def recipes_table(rows: list[tuple[str, ...]]) -> Table:
+    table = Table(title="adapt recipes", header_style="bold")
+    for column in ("recipe", "task", "model", "train data", "description"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def prediction_table(records: list[dict]) -> Table:
+    table = Table(header_style="bold")
+    table.add_column("input", overflow="fold", max_width=60)
+    table.add_column("prediction", overflow="fold")
+    for record in records:
+        shown = {k: v for k, v in record.items() if k != "input"}
+        text = record["input"].get("text") or record["input"].get("question") or str(record["input"])
+        table.add_row(str(text), ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+    return table
