@@ -61,7 +61,8 @@ def finetune(
     output_dir: Annotated[Optional[str], typer.Option(help="Where the run is written (default runs/<recipe>).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed for data order, initialisation and dropout.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output directory.")] = False,
-    resume: Annotated[Optional[str], typer.Option("--resume", help="Continue from the last checkpoint of the output dir ('last') or from a given checkpoint folder.", flag_value="last", is_flag=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue exactly where the run in --output-dir stopped (its last complete checkpoint).")] = False,
+    resume_from: Annotated[Optional[str], typer.Option(help="Continue from this checkpoint folder (e.g. runs/x/checkpoints/step-200).")] = None,
     num_processes: Annotated[int, typer.Option(help="Train on N processes (relaunches itself with `accelerate launch`).")] = 1,
 ) -> None:
     """Fine-tune a pretrained model with a recipe."""
@@ -80,7 +81,7 @@ def finetune(
     from adapt.train import Interrupted, finetune as run
 
     try:
-        run(resolved, overwrite=overwrite, resume=None if resume is None else (True if resume == "last" else resume))
+        run(resolved, overwrite=overwrite, resume=resume_from or resume)
     except Interrupted as stop:
         print(str(stop), file=sys.stderr)
         raise typer.Exit(130) from None
@@ -127,6 +128,22 @@ def _plain(value: Any):
     return value.item() if hasattr(value, "item") else str(value)
 
 
+@app.command()
+@user_errors
+def export(
+    model: Annotated[str, typer.Option(help="A LoRA/peft run folder written by `adapt finetune`.")],
+    output: Annotated[str, typer.Option(help="Folder for the exported checkpoint.")],
+    merge: Annotated[bool, typer.Option("--merge", help="Fold the adapter into the base weights (a plain transformers checkpoint).")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
+) -> None:
+    """Export a fine-tuned adapter; with --merge, as a plain merged checkpoint."""
+    if not merge:
+        raise AdaptError("only merged export exists: pass --merge (the run folder itself is already a loadable adapter)")
+    from adapt.lora import merge_adapter
+
+    print(f"merged checkpoint written to {merge_adapter(model, output, overwrite)}")
+
+
 @recipes_app.callback()
 @user_errors
 def recipes(ctx: typer.Context) -> None:
@@ -160,6 +177,24 @@ from adapt.cli_eval import eval_command  # noqa: E402  (registered after the app
 
 app.command("eval")(user_errors(eval_command))
 
+from adapt.cli_extra import data_inspect_command, estimate_command, runs_command  # noqa: E402
+
+data_app = typer.Typer(help="Look at a recipe's data before training.")
+app.add_typer(data_app, name="data")
+data_app.command("inspect")(user_errors(data_inspect_command))
+app.command("estimate")(user_errors(estimate_command))
+app.command("runs")(user_errors(runs_command))
+
 
 def main() -> None:
+    quiet_libraries()
     app()
+
+
+def quiet_libraries() -> None:
+    """adapt draws its own progress; the libraries' per-call bars and load reports are noise on a terminal."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

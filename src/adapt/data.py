@@ -103,6 +103,8 @@ def read_table(path: Path) -> Dataset:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
+            if err.msg == "Extra data":  # one object per line: JSON Lines under a .json name
+                return Dataset.from_list(read_jsonl(path, text))
             raise AdaptError(f"{path}: line {err.lineno} is not valid JSON ({err.msg})") from None
         if isinstance(data, dict) and "data" in data and isinstance(data["data"], list):
             data = data["data"]

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from adapt.errors import AdaptError
 
 # Recipes live at the repository root (`recipes/`); the package is installed editable by the Makefile.
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+_EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class Strict(BaseModel):
@@ -68,6 +70,11 @@ class TrainConfig(Strict):
     compile: bool = False
     log_steps: int = Field(10, ge=1)
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        return "no" if value is False else value  # YAML reads a bare `no` as false
 
 
 class PeftConfig(Strict):
@@ -151,6 +158,8 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             value = yaml.safe_load(text) if text else None
         except yaml.YAMLError:
             value = text
+        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+            value = float(value)  # YAML 1.1 wants a dot in floats, so it reads 3e-5 as a string
         parsed.append((key.strip(), value))
     return parsed
 

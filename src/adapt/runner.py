@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from accelerate import Accelerator
-
 from adapt.errors import AdaptError
 from adapt.recipe import parse_overrides, recipe_from_dict, resolve_recipe
 from adapt.tasks import get_task
@@ -43,9 +41,9 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
 
 def predict_stream(task: Task, model, inputs: Iterable[str], batch_size: int = 64, chunk: int = 2048) -> Iterator[dict]:
     """Predictions for a stream of text inputs, `chunk` at a time, so large inputs never sit in memory whole."""
-    from adapt.train import predict
+    from adapt.train import make_accelerator, predict
 
-    accelerator = Accelerator(cpu=not _has_gpu())
+    accelerator = make_accelerator()
     model = model.to(accelerator.device)
     buffer: list[str] = []
 
@@ -66,7 +64,7 @@ def predict_stream(task: Task, model, inputs: Iterable[str], batch_size: int = 6
 
 def evaluate_model(model_dir: str, data: str | None, recipe: str | None, overrides: list[str]) -> dict:
     """Score a trained model on a labelled data file/Hub split with its task's metrics."""
-    from adapt.train import evaluate
+    from adapt.train import evaluate, make_accelerator
 
     task, model = load_trained(model_dir, recipe, overrides)
     source = data or task.recipe.data.test or task.recipe.data.validation
@@ -74,14 +72,8 @@ def evaluate_model(model_dir: str, data: str | None, recipe: str | None, overrid
         raise AdaptError("no evaluation data: pass --data FILE (or a Hub id)")
     raw = task.read_source(source, task.recipe.data.test_split)
     features = task.featurize(raw, "eval")
-    accelerator = Accelerator(cpu=not _has_gpu())
+    accelerator = make_accelerator()
     model = model.to(accelerator.device)
     metrics, predictions = evaluate(task, model, features, raw, accelerator, task.recipe.train.eval_batch_size)
     return {"metrics": metrics, "predictions": task.example_predictions(predictions, raw), "data": source}
-
-
-def _has_gpu() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from datasets import Dataset
 
@@ -59,9 +60,30 @@ def mixed_precision_mode(requested: str) -> str:
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
 
 
+def make_accelerator(recipe: Recipe | None = None, output_dir: Path | None = None) -> Accelerator:
+    # Accelerate only picks gloo for CPU process groups when told the run is on CPU
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if recipe is None:
+        return Accelerator(cpu=multi_cpu)
+    return Accelerator(mixed_precision=mixed_precision_mode(recipe.train.mixed_precision), cpu=multi_cpu,
+                       log_with=recipe.tracking or None, project_dir=str(output_dir))
+
+
+def resume_folder(output_dir: Path, resume: bool | str) -> Path:
+    """The checkpoint a resumed run starts from: the given folder, or the output dir's latest."""
+    folder = Path(resume) if isinstance(resume, str) else checkpoint.latest_checkpoint(output_dir / CHECKPOINTS)
+    if folder is None or not (folder / checkpoint.STATE_FILE).exists():
+        raise AdaptError(f"--resume: no complete checkpoint in {folder or output_dir / CHECKPOINTS}; "
+                         "start without --resume")
+    return folder
+
+
 def check_output_dir(output_dir: Path, overwrite: bool, resume: bool | str | None) -> None:
-    """Refuse to clobber a previous run before any work is done."""
-    if resume or not output_dir.exists() or not any(output_dir.iterdir()):
+    """Refuse to clobber a previous run, or to resume one without a checkpoint, before any work is done."""
+    if resume:
+        resume_folder(output_dir, resume)
+        return
+    if not output_dir.exists() or not any(output_dir.iterdir()):
         return
     if not overwrite:
         raise AdaptError(f"output directory {output_dir} is not empty; pass --overwrite to replace it, "
@@ -107,6 +129,33 @@ def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def accumulate_gradients(task: Task, model, micro_batches: list[dict], accelerator: Accelerator) -> tuple[float, int, int, int]:
+    """Backward over the micro-batches of one optimizer step so the gradient equals that of one big
+    batch: each micro-batch's summed loss is divided by the target count of the whole global batch
+    (all micro-batches, all processes), not by its own. Returns (this process's loss sum, global
+    targets, this process's samples, this process's non-pad tokens)."""
+    world = accelerator.num_processes
+    for b in micro_batches:
+        b.pop("index", None)
+    targets = torch.tensor(sum(task.count_targets(b) for b in micro_batches), device=accelerator.device)
+    if world > 1:
+        targets = accelerator.reduce(targets, reduction="sum")
+    targets = int(targets)
+    # DDP averages gradients over processes, so each process scales its share by `world`
+    scale = world / max(1, targets)
+    loss_total, samples, tokens = 0.0, 0, 0
+    for i, b in enumerate(micro_batches):
+        b = to_device(b, accelerator.device)
+        sync = accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext()
+        with sync, accelerator.autocast():
+            loss_sum, _ = task.loss(model, b)
+            accelerator.backward(loss_sum * scale)
+        loss_total += float(loss_sum.detach())
+        samples += len(b["input_ids"])
+        tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+    return loss_total, targets, samples, tokens
+
+
 # ---- evaluation -----------------------------------------------------------------------------------
 def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Accelerator, batch_size: int) -> list[dict]:
     """Batched prediction over a split, sharded over processes and gathered so every example counts
@@ -148,8 +197,10 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     check_output_dir(output_dir, overwrite, resume)
     t_start = time.perf_counter()
     cfg = recipe.train
-    accelerator = Accelerator(mixed_precision=mixed_precision_mode(cfg.mixed_precision),
-                              log_with=recipe.tracking or None, project_dir=str(output_dir))
+    # accelerate keeps mixed precision process-wide; a second run in one process (tests, notebooks) may
+    # ask for another, so start from a clean state (the distributed PartialState is kept)
+    AcceleratorState._reset_state()
+    accelerator = make_accelerator(recipe, output_dir)
     is_main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(cfg.seed)
@@ -174,7 +225,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     if recipe.peft:
         from adapt.lora import wrap_with_peft
 
-        model = wrap_with_peft(model, recipe.peft)
+        model = wrap_with_peft(model, recipe.peft, task.name)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.compile:
@@ -200,9 +251,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     checkpoint_dir = output_dir / CHECKPOINTS
     log = outputs.JsonlLog(output_dir / "train_log.jsonl", enabled=is_main, append=bool(resume))
     if resume:
-        folder = Path(resume) if isinstance(resume, str) else checkpoint.latest_checkpoint(checkpoint_dir)
-        if folder is None or not (folder / checkpoint.STATE_FILE).exists():
-            raise AdaptError(f"--resume: no complete checkpoint in {checkpoint_dir}; start without --resume")
+        folder = resume_folder(output_dir, resume)
         state = LoopState(**checkpoint.load_state(folder, unwrapped, optimizer, scheduler))
         checkpoint.load_process_rng(folder, rank)
         if is_main:  # drop log lines written after the checkpoint, which the resumed run will redo
@@ -296,24 +345,12 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
                 window_batches = [b for _, b in zip(range(cfg.grad_accum), stream)]
                 if not window_batches:
                     break
-                for b in window_batches:
-                    b.pop("index")
-                targets = torch.tensor(sum(task.count_targets(b) for b in window_batches), device=device)
-                if world > 1:
-                    targets = accelerator.reduce(targets, reduction="sum")
-                # loss = sum over the global batch / its target count; DDP averages gradients over the
-                # processes, so each process scales its share by `world`.
-                scale = world / max(1, int(targets))
-                for i, b in enumerate(window_batches):
-                    b = to_device(b, device)
-                    sync = accelerator.no_sync(model) if i < len(window_batches) - 1 else nullcontext()
-                    with sync, accelerator.autocast():
-                        loss_sum, _ = task.loss(model, b)
-                        accelerator.backward(loss_sum * scale)
-                    window["loss"] += float(loss_sum.detach())
-                    window["samples"] += len(b["input_ids"])
-                    window["tokens"] += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
-                window["targets"] += int(targets) // world if world > 1 else int(targets)
+                loss_total, targets, samples, tokens = accumulate_gradients(task, model, window_batches, accelerator)
+                window["loss"] += loss_total
+                window["samples"] += samples
+                window["tokens"] += tokens
+                # every process holds the global target count; count it once in the cross-process sum
+                window["targets"] += targets / world
                 if cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
@@ -407,3 +444,6 @@ def write_final_artefacts(task: Task, model, output_dir: Path, recipe: Recipe, f
     history = outputs.read_log(output_dir / "train_log.jsonl")
     outputs.plot_curves(history, output_dir / "loss_curve.png", recipe.train.metric_for_best or task.default_metric,
                         f"{recipe.name}: {recipe.model}")
+    from adapt.plots import write_run_plots
+
+    write_run_plots(output_dir)

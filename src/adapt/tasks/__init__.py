@@ -9,6 +9,10 @@ from adapt.errors import AdaptError
 # name -> "module:Class", imported lazily so one task's heavy imports never slow another's start-up
 TASKS = {
     "classification": "adapt.tasks.classification:SequenceClassification",
+    "qa": "adapt.tasks.question_answering:QuestionAnswering",
+    "ner": "adapt.tasks.token_classification:TokenClassification",
+    "clm": "adapt.tasks.causal_lm:CausalLM",
+    "seq2seq": "adapt.tasks.seq2seq:Seq2Seq",
 }
 
 

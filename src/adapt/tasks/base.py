@@ -105,7 +105,11 @@ class Task:
     def load_tokenizer(self, path: str):
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.recipe.trust_remote_code)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.recipe.trust_remote_code)
+        except OSError as err:  # the Hub client reports a missing folder or model id as OSError
+            raise AdaptError(f"cannot load a tokenizer from '{path}' ({str(err).splitlines()[0]}); check --model: "
+                             "a local model folder, a Hub model id or embedded:NAME") from None
         return self.tokenizer
 
     def build_model(self, path: str):

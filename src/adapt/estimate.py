@@ -1,0 +1,172 @@
+"""`adapt estimate`: optimizer steps, training FLOPs and the expected duration of a recipe on this machine,
+from the run's exact batch plan and a few real, timed training steps."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from adapt import assets, batching
+from adapt.recipe import Recipe
+from adapt.runs import format_duration
+
+# Training FLOPs ~= 6 * N * D (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", sec. 2.1):
+# 2 N per token for the forward pass and 4 N for the backward pass, N = non-embedding parameters,
+# D = (non-padding) tokens trained on. It ignores attention's sequence-length term, small at these lengths.
+FLOPS_PER_PARAM_TOKEN = 6
+# An evaluation forward pass costs about a third of a training step per token (2N of 6N).
+EVAL_COST_SHARE = 1 / 3
+
+
+def optimizer_steps(n_train: int, recipe: Recipe, world: int = 1) -> tuple[int, int]:
+    """(optimizer steps, micro-batches) a run performs, as `adapt.train.finetune` counts them."""
+    cfg = recipe.train
+    micro_per_epoch = batching.steps_per_epoch(n_train, cfg.batch_size * world)
+    if cfg.max_steps:
+        return cfg.max_steps, cfg.max_steps * cfg.grad_accum
+    total_micro = math.ceil(cfg.epochs * micro_per_epoch)
+    return math.ceil(total_micro / cfg.grad_accum), total_micro
+
+
+def micro_batch_plan(lengths: list[int], recipe: Recipe, total_micro: int) -> list[list[int]]:
+    """The example indices of every micro-batch of the run, epoch after epoch, as the loop draws them."""
+    cfg = recipe.train
+    plan, epoch = [], 0
+    while len(plan) < total_micro:
+        plan += batching.global_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
+        epoch += 1
+    return plan[:total_micro]
+
+
+def non_embedding_params(model: torch.nn.Module) -> int:
+    """Parameters outside embedding tables (token, position, segment), each tied tensor counted once."""
+    embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in embedding)
+
+
+def padded_tokens(batch: list[int], lengths: list[int]) -> int:
+    return len(batch) * max(lengths[i] for i in batch)
+
+
+def time_training_steps(task, model, optimizer, accelerator, features, plan: list[list[int]], grad_accum: int,
+                        max_grad_norm: float | None, steps: int) -> dict[str, float]:
+    """Run `steps` + 1 real optimizer steps on the run's first batches; the first warms caches and
+    allocators and is not timed. Returns seconds per padded token (forward+backward) and per optimizer
+    update."""
+    lengths = features["length"]
+    groups = [plan[i:i + grad_accum] for i in range(0, len(plan), grad_accum)][: steps + 1]
+    compute_seconds = update_seconds = 0.0
+    timed_tokens = 0
+    model.train()
+    for step, group in enumerate(groups):
+        batches = [task.collate(features[b]) for b in group]
+        targets = max(1, sum(task.count_targets(b) for b in batches))
+        t0 = time.perf_counter()
+        for batch in batches:
+            with accelerator.autocast():
+                loss_sum, _ = task.loss(model, {k: v.to(accelerator.device) for k, v in batch.items()})
+                accelerator.backward(loss_sum / targets)
+        t1 = time.perf_counter()
+        if max_grad_norm:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        t2 = time.perf_counter()
+        if step > 0:
+            compute_seconds += t1 - t0
+            update_seconds += t2 - t1
+            timed_tokens += sum(padded_tokens(b, lengths) for b in group)
+    timed = max(1, len(groups) - 1)
+    return {"timed_steps": len(groups) - 1, "seconds_per_padded_token": compute_seconds / max(1, timed_tokens),
+            "seconds_per_update": update_seconds / timed, "seconds_per_step": (compute_seconds + update_seconds) / timed}
+
+
+def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from adapt.tasks import get_task
+    from adapt.train import build_optimizer, featurize_splits, mixed_precision_mode
+
+    cfg = recipe.train
+    accelerator = Accelerator(mixed_precision=mixed_precision_mode(cfg.mixed_precision))
+    set_seed(cfg.seed)
+    task = get_task(recipe)
+    model_path = assets.resolve_model_path(recipe.model)
+    tokenizer_path = assets.resolve_model_path(recipe.tokenizer) if recipe.tokenizer else model_path
+    task.load_tokenizer(tokenizer_path)
+    raw = task.load_splits()
+    # the same cache keys as `adapt finetune`, so the run that follows reuses these features
+    features = featurize_splits(task, raw, tokenizer_path, accelerator)
+    train_lengths = features["train"]["length"]
+
+    steps, total_micro = optimizer_steps(len(train_lengths), recipe)
+    plan = micro_batch_plan(train_lengths, recipe, total_micro)
+    train_tokens = sum(train_lengths[i] for batch in plan for i in batch)
+    train_padded = sum(padded_tokens(batch, train_lengths) for batch in plan)
+
+    model = task.build_model(model_path)
+    if recipe.peft:
+        from adapt.lora import wrap_with_peft
+
+        model = wrap_with_peft(model, recipe.peft)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    n_params = sum(p.numel() for p in model.parameters())
+    n_non_embedding = non_embedding_params(model)
+    optimizer = build_optimizer(model, recipe)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    timing = time_training_steps(task, model, optimizer, accelerator, features["train"], plan, cfg.grad_accum,
+                                 cfg.max_grad_norm, timed_steps)
+
+    train_seconds = train_padded * timing["seconds_per_padded_token"] + steps * timing["seconds_per_update"]
+    # evaluations: every eval_steps, at the last step, once more with the best weights, and the test split
+    periodic = steps // cfg.eval_steps - (steps % cfg.eval_steps == 0) if cfg.eval_steps else 0
+    eval_tokens = sum(features["validation"]["length"]) * (periodic + 2)
+    if "test" in features:
+        eval_tokens += sum(features["test"]["length"])
+    eval_seconds = eval_tokens * timing["seconds_per_padded_token"] * EVAL_COST_SHARE
+    return {
+        "recipe": recipe.name, "task": recipe.task, "model": recipe.model,
+        "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+        "threads": torch.get_num_threads(),
+        "train_examples": len(train_lengths), "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
+        "epochs": round(total_micro / batching.steps_per_epoch(len(train_lengths), cfg.batch_size), 3),
+        "optimizer_steps": steps, "micro_batches": total_micro,
+        "train_tokens": train_tokens, "padding_share": round(1 - train_tokens / max(1, train_padded), 4),
+        "total_params": n_params, "non_embedding_params": n_non_embedding,
+        "train_flops": FLOPS_PER_PARAM_TOKEN * n_non_embedding * train_tokens,
+        **{k: round(v, 9) if isinstance(v, float) else v for k, v in timing.items()},
+        "estimated_train_seconds": round(train_seconds, 1),
+        "estimated_eval_seconds": round(eval_seconds, 1),
+        "estimated_total_seconds": round(train_seconds + eval_seconds, 1),
+    }
+
+
+def estimate_table(report: dict[str, Any]):
+    from rich.table import Table
+
+    table = Table(title=f"adapt estimate: {report['recipe']}", header_style="bold")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [
+        ("model", report["model"]), ("device / precision", f"{report['device']} / {report['mixed_precision']}"),
+        ("train examples", f"{report['train_examples']:,}"),
+        ("batch size x accumulation", f"{report['batch_size']} x {report['grad_accum']}"),
+        ("epochs", report["epochs"]), ("optimizer steps", f"{report['optimizer_steps']:,}"),
+        ("train tokens (padding share)", f"{report['train_tokens']:,} ({report['padding_share']:.1%})"),
+        ("non-embedding params", f"{report['non_embedding_params']:,} of {report['total_params']:,}"),
+        ("train FLOPs (6 N D)", f"{report['train_flops']:.3e}"),
+        ("measured seconds / step", f"{report['seconds_per_step']:.3f} (over {report['timed_steps']} steps)"),
+        ("estimated training", format_duration(report["estimated_train_seconds"])),
+        ("estimated evaluation", format_duration(report["estimated_eval_seconds"])),
+        ("estimated total", format_duration(report["estimated_total_seconds"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    table.caption = ("data loading, tokenization and saving are not included; generation tasks decode token by "
+                     "token, so their evaluation takes longer than estimated")
+    return table

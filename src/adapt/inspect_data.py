@@ -1,0 +1,212 @@
+"""`adapt data inspect`: what a recipe's data looks like before training (sizes, labels, token lengths,
+truncation, duplicates, train/eval leakage), and refusal of data that cannot train anything."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import numpy as np
+from datasets import Dataset
+
+from adapt.errors import AdaptError
+
+# Raw columns that hold answers or bookkeeping rather than model input; every other text column is input.
+NON_INPUT_COLUMNS = {"label", "labels", "tags", "target", "targets", "references", "answers", "id", "title"}
+PERCENTILES = (50, 90, 95, 99)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def input_columns(ds: Dataset, group_column: str | None = None) -> list[str]:
+    """Columns of text (or lists of words) that the model reads, in the order the task stores them."""
+    skip = NON_INPUT_COLUMNS | ({group_column} if group_column else set())
+    first = ds[0]
+    return [c for c in ds.column_names if c not in skip and _is_text(first[c])]
+
+
+def _as_text(value: Any) -> str:
+    return " ".join(value) if isinstance(value, list) else str(value)
+
+
+def example_keys(ds: Dataset, columns: list[str]) -> list[tuple[str, ...]]:
+    """The input of each example as a hashable key (exact match, whitespace-trimmed)."""
+    return [tuple(_as_text(row[c]).strip() for c in columns) for row in ds.select_columns(columns)]
+
+
+def token_lengths(tokenizer, ds: Dataset, columns: list[str]) -> list[int]:
+    """Tokens per example with special tokens and NO truncation: what the model would read if it could.
+    Two input columns are encoded as a pair (text/text_pair, question/context); word lists as words."""
+    if len(columns) == 1 and isinstance(ds[0][columns[0]], list):
+        enc = tokenizer(list(ds[columns[0]]), is_split_into_words=True, truncation=False, verbose=False)
+        return [len(ids) for ids in enc["input_ids"]]
+    first = [_as_text(v) for v in ds[columns[0]]]
+    rest = None
+    if len(columns) > 1:
+        rest = [" ".join(_as_text(row[c]) for c in columns[1:]) for row in ds.select_columns(columns[1:])]
+    enc = tokenizer(first, rest, truncation=False, verbose=False)
+    return [len(ids) for ids in enc["input_ids"]]
+
+
+def length_summary(lengths: list[int], max_length: int | None = None) -> dict[str, Any]:
+    arr = np.asarray(lengths)
+    summary = {f"p{p}": int(np.percentile(arr, p, method="higher")) for p in PERCENTILES}
+    summary["max"] = int(arr.max())
+    summary["mean"] = round(float(arr.mean()), 1)
+    if max_length is not None:
+        summary["truncated"] = int((arr > max_length).sum())
+        summary["truncated_share"] = round(float((arr > max_length).mean()), 4)
+    return summary
+
+
+def entity_counts(tag_rows: list[list]) -> Counter:
+    """Entity spans per type in IOB/IOB2 tag sequences: a span starts at B-X, or at I-X not following X."""
+    counts: Counter = Counter()
+    for tags in tag_rows:
+        previous = None
+        for tag in tags:
+            text = str(tag)
+            prefix, _, kind = text.partition("-")
+            if not kind:
+                previous = None
+                continue
+            if prefix == "B" or kind != previous:
+                counts[kind] += 1
+            previous = kind
+    return counts
+
+
+def label_distribution(ds: Dataset) -> dict[str, int] | None:
+    if "label" in ds.column_names and not isinstance(ds[0]["label"], (list, dict)):
+        return dict(Counter(str(v) for v in ds["label"]).most_common())
+    if "tags" in ds.column_names and isinstance(ds[0]["tags"], list):
+        return dict(entity_counts(ds["tags"]).most_common())
+    return None
+
+
+def check_usable(splits: dict[str, Dataset], keys: dict[str, list[tuple[str, ...]]], sources: dict[str, str]) -> None:
+    """Refuse data that would train nothing useful: empty inputs, or a train split with a single label."""
+    for name in splits:
+        for number, key in enumerate(keys[name], 1):
+            if not any(key):
+                raise AdaptError(f"{sources[name]}: {name} example {number} has empty input text; "
+                                 "remove empty rows or map the right column with data.columns.text=COLUMN")
+    train = splits["train"]
+    if "label" in train.column_names and len(train) > 1:
+        labels = set(map(str, train["label"]))
+        if len(labels) == 1:
+            raise AdaptError(f"{sources['train']}: every training example has label '{labels.pop()}'; a classifier "
+                             "needs at least two labels (check data.columns.label)")
+
+
+def inspect_splits(splits: dict[str, Dataset], tokenizer, max_length: int | None, sources: dict[str, str],
+                   group_column: str | None = None) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """(report, token lengths per split) for already-loaded raw splits; raises AdaptError for unusable data."""
+    columns = {name: input_columns(ds, group_column) for name, ds in splits.items()}
+    for name, cols in columns.items():
+        if not cols:
+            raise AdaptError(f"{sources[name]}: the {name} split has no text column to inspect "
+                             f"(columns: {', '.join(splits[name].column_names)})")
+    keys = {name: example_keys(ds, columns[name]) for name, ds in splits.items()}
+    check_usable(splits, keys, sources)
+    train_keys = set(keys["train"])
+    report: dict[str, Any] = {"max_length": max_length, "input_columns": columns["train"], "splits": {}}
+    lengths: dict[str, list[int]] = {}
+    for name, ds in splits.items():
+        lengths[name] = token_lengths(tokenizer, ds, columns[name])
+        entry: dict[str, Any] = {
+            "source": sources[name],
+            "examples": len(ds),
+            "duplicates": len(keys[name]) - len(set(keys[name])),
+            "tokens": length_summary(lengths[name], max_length),
+        }
+        if name != "train":
+            entry["overlap_with_train"] = sum(k in train_keys for k in keys[name])
+        labels = label_distribution(ds)
+        if labels is not None:
+            entry["labels"] = labels
+        if "target" in ds.column_names and isinstance(ds[0]["target"], str):
+            entry["target_tokens"] = length_summary(token_lengths(tokenizer, ds, ["target"]))
+        report["splits"][name] = entry
+    report["warnings"] = data_warnings(report)
+    return report, lengths
+
+
+def data_warnings(report: dict[str, Any]) -> list[str]:
+    notes = []
+    for name, entry in report["splits"].items():
+        if entry.get("overlap_with_train"):
+            notes.append(f"{entry['overlap_with_train']} {name} examples also appear in train (leakage inflates scores)")
+        if entry["tokens"].get("truncated_share", 0) > 0.05:
+            notes.append(f"{entry['tokens']['truncated_share']:.1%} of {name} examples exceed train.max_length="
+                         f"{report['max_length']} tokens and would be truncated")
+        labels = entry.get("labels")
+        if name != "train" and labels is not None and len(labels) == 1 and entry["examples"] > 1:
+            notes.append(f"every {name} example has the same label '{next(iter(labels))}'")
+    return notes
+
+
+def inspect_recipe(recipe) -> tuple[dict[str, Any], dict[str, list[int]]]:
+    """Load the recipe's splits exactly as `adapt finetune` would and inspect them."""
+    from adapt import assets
+    from adapt.tasks import get_task
+
+    task = get_task(recipe)
+    tokenizer = task.load_tokenizer(assets.resolve_model_path(recipe.tokenizer or recipe.model))
+    splits = task.load_splits()
+    cfg = recipe.data
+    sources = {"train": cfg.train,
+               "validation": cfg.validation or f"{cfg.train} (validation carved from train)",
+               "test": cfg.test or ""}
+    # plain text for a language model is packed into blocks of block_size tokens: nothing is truncated
+    packed = hasattr(task.options, "block_size") and input_columns(splits["train"]) == ["text"]
+    limit = None if packed else recipe.train.max_length
+    report, lengths = inspect_splits(splits, tokenizer, limit, sources, task.group_column)
+    report.update({"recipe": recipe.name, "task": recipe.task, "tokenizer": recipe.tokenizer or recipe.model})
+    return report, lengths
+
+
+def inspect_tables(report: dict[str, Any]) -> list:
+    """Rich tables for the terminal: one overview of the splits, one of the label counts if any."""
+    from rich.table import Table
+
+    splits = report["splits"]
+    overview = Table(title=f"adapt data inspect: {report['recipe']} ({report['task']}, tokenizer {report['tokenizer']})",
+                     header_style="bold")
+    overview.add_column("")
+    for name in splits:
+        overview.add_column(name, justify="right", overflow="fold")
+
+    def row(label: str, value) -> None:
+        overview.add_row(label, *[value(entry) for entry in splits.values()])
+
+    row("source", lambda e: e["source"])
+    row("examples", lambda e: f"{e['examples']:,}")
+    for p in (*(f"p{p}" for p in PERCENTILES), "max"):
+        row(f"tokens {p}", lambda e, p=p: str(e["tokens"][p]))
+    if report["max_length"] is not None:
+        row(f"truncated at {report['max_length']}",
+            lambda e: f"{e['tokens']['truncated']:,} ({e['tokens']['truncated_share']:.1%})")
+    if any("target_tokens" in e for e in splits.values()):
+        row("target tokens p95 / max", lambda e: f"{e['target_tokens']['p95']} / {e['target_tokens']['max']}"
+            if "target_tokens" in e else "-")
+    row("exact duplicates", lambda e: f"{e['duplicates']:,}")
+    row("also in train", lambda e: f"{e['overlap_with_train']:,}" if "overlap_with_train" in e else "-")
+    tables = [overview]
+    names = sorted({label for e in splits.values() for label in e.get("labels", {})})
+    if names:
+        labels = Table(title="label counts (entity spans for tagged data)", header_style="bold")
+        labels.add_column("label / entity type")
+        for name in splits:
+            labels.add_column(name, justify="right")
+        for label in names:
+            cells = []
+            for entry in splits.values():
+                count = entry.get("labels", {}).get(label, 0)
+                total = sum(entry.get("labels", {}).values()) or 1
+                cells.append(f"{count:,} ({count / total:.1%})")
+            labels.add_row(label, *cells)
+        tables.append(labels)
+    return tables

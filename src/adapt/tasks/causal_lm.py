@@ -1,0 +1,244 @@
+"""Causal language modelling: plain text packed into fixed-length blocks, or prompt/completion pairs with the
+loss on the completion only; scored by token-weighted perplexity, and used for text generation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from datasets import Dataset
+from pydantic import Field
+
+from adapt import data
+from adapt.errors import AdaptError
+from adapt.metrics import perplexity_from_nll
+from adapt.tasks.base import Task, TaskOptions, model_inputs, pad_batch, summed_cross_entropy
+
+
+class CausalLMOptions(TaskOptions):
+    block_size: int = Field(256, ge=2, description="tokens per packed block of plain-text data")
+    passage_chars: int = Field(2000, ge=1, description="a plain-text file is cut at blank lines into passages of "
+                                                       "at least this many characters (the unit of the train/validation split)")
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    chat_template: bool = Field(False, description="render prompts with the tokenizer's chat template")
+    max_new_tokens: int = Field(64, ge=1)
+    temperature: float = Field(0.0, ge=0, description="0 = greedy decoding")
+    top_p: float = Field(1.0, gt=0, le=1)
+
+
+def is_plain_text_file(ref: str) -> bool:
+    return data.is_local(ref) and data.split_suffix(Path(ref))[0] not in data.TABLE_SUFFIXES
+
+
+def split_passages(text: str, min_chars: int) -> list[str]:
+    """Cut text after blank lines into passages of at least `min_chars` characters (the last may be shorter).
+    The passages are exact substrings: joined, they give the text back."""
+    passages, current, size = [], [], 0
+    for line in text.splitlines(keepends=True):
+        current.append(line)
+        size += len(line)
+        if size >= min_chars and not line.strip():
+            passages.append("".join(current))
+            current, size = [], 0
+    if current:
+        passages.append("".join(current))
+    return passages
+
+
+def pack_blocks(token_lists: list[list[int]], ends_document: list[bool], eos_id: int,
+                block_size: int) -> tuple[list[list[int]], list[int]]:
+    """Concatenate the token lists (EOS after each one that ends a document) and cut the stream into blocks of
+    `block_size`, dropping the ragged tail. Returns the blocks and, per block, the row its first token came from."""
+    stream, owner = [], []
+    for row, (ids, ends) in enumerate(zip(token_lists, ends_document)):
+        piece = list(ids) + ([eos_id] if ends else [])
+        stream += piece
+        owner += [row] * len(piece)
+    starts = range(0, len(stream) - block_size + 1, block_size)
+    return [stream[s:s + block_size] for s in starts], [owner[s] for s in starts]
+
+
+class CausalLM(Task):
+    name = "clm"
+    Options = CausalLMOptions
+    default_metric = "perplexity"
+    greater_is_better = False
+    pipeline_tag = "text-generation"
+    auto_class = "AutoModelForCausalLM"
+
+    # ---- data -----------------------------------------------------------------------------------
+    def read_file(self, path: Path) -> Dataset:
+        """Tables hold one document (or prompt/completion pair) per row. A plain-text file is one document
+        cut into passages, so a carved validation split takes whole passages and no text is in both splits."""
+        if not is_plain_text_file(str(path)):
+            return data.read_table(path)
+        text = data.read_text(path).replace("\r\n", "\n")
+        passages = split_passages(text, self.options.passage_chars)
+        # only the file's end is a document boundary; passages of one file join without EOS
+        return Dataset.from_dict({"text": passages, "ends_document": [False] * (len(passages) - 1) + [True]})
+
+    def normalize(self, ds: Dataset, source: str) -> Dataset:
+        if is_plain_text_file(source):
+            return ds
+        o = self.options
+        if o.prompt_column in ds.column_names and o.completion_column in ds.column_names:
+            ds = ds.select_columns([o.prompt_column, o.completion_column])
+            renames = {o.prompt_column: "prompt", o.completion_column: "completion"}
+            return ds.rename_columns({k: v for k, v in renames.items() if k != v})
+        text = self.recipe.data.columns.text
+        if text not in ds.column_names:
+            raise AdaptError(
+                f"{source}: no column '{text}' for plain text, nor '{o.prompt_column}' and '{o.completion_column}' "
+                f"for prompt/completion pairs (columns: {', '.join(ds.column_names)}); set data.columns.text or "
+                "task_options.prompt_column / task_options.completion_column")
+        ds = ds.select_columns([text])
+        ds = ds.rename_column(text, "text") if text != "text" else ds
+        # blank rows (e.g. the empty lines of Hub WikiText) are no documents: they would only add EOS tokens
+        ds = ds.filter(lambda value: bool(value and value.strip()), input_columns="text")
+        return ds.add_column("ends_document", [True] * len(ds))
+
+    def setup(self, splits: dict[str, Dataset]) -> None:
+        kinds = {name: "prompt/completion" if "prompt" in ds.column_names else "plain text" for name, ds in splits.items()}
+        if len(set(kinds.values())) > 1:
+            raise AdaptError(f"the splits mix data kinds ({', '.join(f'{k}: {v}' for k, v in kinds.items())}); "
+                             "give every split as plain text or every split as prompt/completion pairs")
+
+    def inputs_from_texts(self, texts: list[str]) -> Dataset:
+        return Dataset.from_dict({"prompt": list(texts)})
+
+    # ---- model ------------------------------------------------------------------------------------
+    def load_tokenizer(self, path: str):
+        tokenizer = super().load_tokenizer(path)
+        if tokenizer.eos_token_id is None:
+            raise AdaptError(f"the tokenizer of {path} has no EOS token; a causal LM here needs one to end "
+                             "documents and completions (set one in its tokenizer_config.json)")
+        if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers: batching and pipelines need a pad token
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    def build_model(self, path: str):
+        model = super().build_model(path)
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        # the saved generation_config carries the recipe's decoding settings to pipelines and `adapt predict`
+        settings = model.generation_config
+        settings.pad_token_id = self.tokenizer.pad_token_id
+        settings.eos_token_id = self.tokenizer.eos_token_id
+        settings.update(**self.generation_kwargs())
+        return model
+
+    def generation_kwargs(self) -> dict[str, Any]:
+        o = self.options
+        if o.temperature == 0:
+            return {"max_new_tokens": o.max_new_tokens, "do_sample": False}
+        return {"max_new_tokens": o.max_new_tokens, "do_sample": True, "temperature": o.temperature, "top_p": o.top_p}
+
+    # ---- features -------------------------------------------------------------------------------
+    def featurize(self, raw: Dataset, role: str) -> Dataset:
+        if "text" in raw.column_names:
+            return self.featurize_text(raw, role)
+        return self.featurize_pairs(raw)
+
+    def featurize_text(self, raw: Dataset, role: str) -> Dataset:
+        block_size = self.options.block_size
+        token_lists = self.tokenizer(list(raw["text"]), add_special_tokens=False)["input_ids"]
+        blocks, owners = pack_blocks(token_lists, list(raw["ends_document"]), self.tokenizer.eos_token_id, block_size)
+        if not blocks:
+            total = sum(len(ids) for ids in token_lists)
+            raise AdaptError(f"the {role} split has {total} tokens, less than one block of task_options.block_size="
+                             f"{block_size}; give more text or lower task_options.block_size")
+        return Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks],
+                                  "labels": blocks, "length": [block_size] * len(blocks), "example": owners})
+
+    def render_prompt(self, prompt: str) -> str:
+        if not self.options.chat_template:
+            return prompt
+        if not self.tokenizer.chat_template:
+            raise AdaptError("task_options.chat_template is true but the tokenizer has no chat template; "
+                             "set it to false or use an instruct model's tokenizer")
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def featurize_pairs(self, raw: Dataset) -> Dataset:
+        """Prompt tokens then completion tokens then EOS; only the completion and EOS are targets. Training
+        pairs are cut to train.max_length from the right; prompts alone (generation) keep their last tokens."""
+        max_length = self.recipe.train.max_length
+        has_completion = "completion" in raw.column_names
+        # a chat template writes its own special tokens; plain prompts get the tokenizer's usual ones (BOS)
+        prompts = self.tokenizer([self.render_prompt(p) for p in raw["prompt"]],
+                                 add_special_tokens=not self.options.chat_template)["input_ids"]
+        rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "length": [], "example": []}
+        if has_completion:
+            rows["labels"] = []
+            completions = self.tokenizer(list(raw["completion"]), add_special_tokens=False)["input_ids"]
+        for i, prompt in enumerate(prompts):
+            if has_completion:
+                target = list(completions[i]) + [self.tokenizer.eos_token_id]
+                ids = (list(prompt) + target)[:max_length]
+                rows["labels"].append(([-100] * len(prompt) + target)[:max_length])
+            else:
+                ids = list(prompt)[-max_length:]
+            rows["input_ids"].append(ids)
+            rows["attention_mask"].append([1] * len(ids))
+            rows["length"].append(len(ids))
+            rows["example"].append(i)
+        return Dataset.from_dict(rows)
+
+    def collate(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
+        if "labels" in rows:
+            return pad_batch(rows, self.tokenizer.pad_token_id, skip=("length", "example"))
+        # prompts to continue are padded on the left so every row's last token is its prompt's last token
+        width = max(len(ids) for ids in rows["input_ids"])
+        pad = self.tokenizer.pad_token_id
+        return {"input_ids": torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in rows["input_ids"]]),
+                "attention_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows["input_ids"]])}
+
+    # ---- loss and evaluation --------------------------------------------------------------------------
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(**model_inputs(batch)).logits
+        return summed_cross_entropy(logits[:, :-1], batch["labels"][:, 1:])
+
+    def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
+        return int((batch["labels"][:, 1:] != -100).sum())
+
+    def eval_step(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "labels" not in batch:
+            return {"generated": self.generate(model, batch)}
+        logits = model(**model_inputs(batch)).logits[:, :-1].float()
+        targets = batch["labels"][:, 1:]
+        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(-1)
+        return {"nll": nll, "tokens": (targets != -100).sum(-1)}
+
+    def generate(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """New token ids per row (padded with the pad id after EOS)."""
+        prompt_width = batch["input_ids"].shape[1]
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                             **self.generation_kwargs())
+        return out[:, prompt_width:]
+
+    def postprocess(self, outputs: list[dict[str, Any]], features: Dataset, raw: Dataset) -> list[dict[str, Any]]:
+        if outputs and "generated" in outputs[0]:
+            texts = self.tokenizer.batch_decode([o["generated"] for o in outputs], skip_special_tokens=True)
+            return [{"generated_text": t} for t in texts]
+        # blocks may span rows of the raw data: each block's NLL counts for the row where it starts
+        per_row = [{"nll": 0.0, "tokens": 0} for _ in range(len(raw))]
+        for row, out in zip(list(features["example"]), outputs):
+            per_row[row]["nll"] += float(out["nll"])
+            per_row[row]["tokens"] += int(out["tokens"])
+        return per_row
+
+    def score(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
+        scores = perplexity_from_nll(sum(p["nll"] for p in predictions), sum(p["tokens"] for p in predictions))
+        return {**scores, "loss": scores["nll"]}
+
+    def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
+        rows = []
+        for row, p in zip(raw.to_list(), predictions):
+            row.pop("ends_document", None)
+            ppl = perplexity_from_nll(p["nll"], p["tokens"])["perplexity"] if p["tokens"] else None
+            rows.append({**row, **p, "perplexity": ppl})
+        return rows

@@ -1,0 +1,280 @@
+"""Sequence-to-sequence generation (summarization, translation): featurize, train and score source/target pairs.
+
+Models are T5/BART/Marian checkpoints, or an encoder-decoder warm-started from encoder checkpoints (BERT,
+the embedded MiniLM). Evaluation decodes with beam search. With several references per example (SciTLDR
+dev/test) ROUGE takes, per example, the best-matching reference (the SciTLDR paper's "max" protocol);
+BLEU and chrF use every reference as a sacreBLEU reference stream."""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from datasets import Dataset
+from pydantic import Field
+
+from adapt import assets, data
+from adapt.errors import AdaptError
+from adapt.metrics import bleu_score, chrf_score
+from adapt.metrics.generation import ROUGE_TYPES, rouge_example_scores
+from adapt.tasks.base import Task, TaskOptions, summed_cross_entropy
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+TRANSLATION_METRICS = ("bleu", "chrf")
+
+
+class Seq2SeqOptions(TaskOptions):
+    source_prefix: str = Field("", description="text put before every source, e.g. T5's 'summarize: '")
+    decoder: str | None = Field(None, description="decoder checkpoint for a warm-started encoder-decoder "
+                                                  "(when `model` is an encoder such as BERT); default: the same")
+    max_target_length: int = Field(128, ge=1, description="target tokens kept for training")
+    max_new_tokens: int | None = Field(None, ge=1, description="tokens to generate; default max_target_length")
+    num_beams: int = Field(4, ge=1)
+    length_penalty: float = 1.0
+    no_repeat_ngram_size: int = Field(0, ge=0)
+    temperature: float = Field(0.0, ge=0, description="> 0 samples instead of beam search")
+    top_p: float = Field(1.0, gt=0, le=1)
+    metric_family: Literal["rouge", "bleu"] | None = Field(
+        None, description="rouge (summarization) or bleu (translation); default from train.metric_for_best")
+    source_lang: str | None = Field(None, description="parallel line files: language suffix of the source file")
+    target_lang: str | None = Field(None, description="parallel line files: language suffix of the target file")
+
+
+class Seq2Seq(Task):
+    name = "seq2seq"
+    Options = Seq2SeqOptions
+    default_metric = "rougeL"
+    pipeline_tag = "text2text-generation"
+    auto_class = "AutoModelForSeq2SeqLM"
+
+    options: Seq2SeqOptions
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        family = self.options.metric_family
+        if family is None:
+            family = "bleu" if recipe.train.metric_for_best in TRANSLATION_METRICS else "rouge"
+        self.metric_family = family
+        self.default_metric = "bleu" if family == "bleu" else "rougeL"
+        self.pipeline_tag = "translation" if family == "bleu" else "summarization"
+
+    # ---- data -----------------------------------------------------------------------------------
+    def read_file(self, path: Path) -> Dataset:
+        kind, _ = data.split_suffix(path)
+        if kind in data.TABLE_SUFFIXES:
+            return super().read_file(path)
+        return self.read_parallel_lines(path)
+
+    def read_parallel_lines(self, source_path: Path) -> Dataset:
+        """Line i of the source file pairs with line i of the target file, whose name swaps the language
+        suffix (train.en.gz -> train.de.gz)."""
+        src, tgt = self.options.source_lang, self.options.target_lang
+        if not (src and tgt):
+            raise AdaptError(f"{source_path}: plain line files need task_options.source_lang and target_lang "
+                             f"(e.g. en and de) to find the parallel target file; or give a CSV/JSONL file")
+        suffix = re.compile(rf"\.{re.escape(src)}(?=\.|$)")
+        matches = list(suffix.finditer(source_path.name))
+        if not matches:
+            raise AdaptError(f"{source_path}: the file name has no '.{src}' language suffix "
+                             f"(task_options.source_lang); name it like train.{src}.gz")
+        last = matches[-1]
+        target_path = source_path.with_name(source_path.name[:last.start()] + f".{tgt}" + source_path.name[last.end():])
+        sources = data.read_text(source_path).splitlines()
+        targets = data.read_text(target_path).splitlines()
+        if len(sources) != len(targets):
+            raise AdaptError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}; "
+                             "parallel files need one translation per line")
+        cols = self.recipe.data.columns
+        return Dataset.from_dict({cols.text: sources, cols.target: targets})
+
+    def normalize(self, ds: Dataset, source: str) -> Dataset:
+        """Canonical columns: `source` (text), `target` (the training target) and `references` (every
+        reference, for scoring). List-valued sources (sentences) are joined with spaces; list-valued
+        targets give several references, the first of which is trained on."""
+        cols = self.recipe.data.columns
+        data.require_columns(ds, [cols.text, cols.target], source)
+
+        def as_text(value) -> str:
+            return " ".join(value) if isinstance(value, list) else str(value)
+
+        def convert(batch, indices):
+            out = {"source": [as_text(v) for v in batch[cols.text]], "target": [], "references": []}
+            for index, value in zip(indices, batch[cols.target]):
+                references = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+                references = [r for r in references if r.strip()]
+                if not references:
+                    raise AdaptError(f"{source}: example {index + 1} has an empty '{cols.target}'; "
+                                     "give every example a target text")
+                out["target"].append(references[0])
+                out["references"].append(references)
+            return out
+
+        return ds.map(convert, batched=True, with_indices=True, remove_columns=ds.column_names)
+
+    def inputs_from_texts(self, texts: list[str]) -> Dataset:
+        return Dataset.from_dict({"source": texts})
+
+    # ---- model ------------------------------------------------------------------------------------
+    @cached_property
+    def model_config(self):
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(assets.resolve_model_path(self.recipe.model),
+                                          trust_remote_code=self.recipe.trust_remote_code)
+
+    @property
+    def warm_started(self) -> bool:
+        """True when `model` is an encoder (BERT-like) that becomes both halves of an EncoderDecoderModel;
+        adapt's saved encoder-decoders count too (their labels were built the same way)."""
+        config = self.model_config
+        return config.model_type == "encoder-decoder" or not getattr(config, "is_encoder_decoder", False)
+
+    @cached_property
+    def decoder_token_ids(self) -> dict[str, int]:
+        """decoder_start / eos / pad ids: a warm-started pair uses the encoder tokenizer's [CLS] as start
+        and [SEP] as end (as BERT saw them in pre-training); seq2seq checkpoints bring their own."""
+        tok = self.tokenizer
+        if self.warm_started:
+            start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+            eos = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+            ids = {"decoder_start_token_id": start, "eos_token_id": eos, "pad_token_id": tok.pad_token_id}
+        else:
+            config = self.model_config
+            ids = {"decoder_start_token_id": config.decoder_start_token_id, "eos_token_id": config.eos_token_id,
+                   "pad_token_id": config.pad_token_id if config.pad_token_id is not None else tok.pad_token_id}
+        missing = [k for k, v in ids.items() if v is None]
+        if missing:
+            raise AdaptError(f"model '{self.recipe.model}': its tokenizer/config define no {', '.join(missing)}; "
+                             "use a tokenizer with [CLS]/[SEP]/[PAD] (or BOS/EOS/PAD) tokens")
+        return ids
+
+    def build_model(self, path: str):
+        if not self.warm_started:
+            model = super().build_model(path)
+        else:
+            from transformers import EncoderDecoderModel
+
+            decoder_path = assets.resolve_model_path(self.options.decoder) if self.options.decoder else path
+            trust = self.recipe.trust_remote_code
+            model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+                path, decoder_path, encoder_use_safetensors=True, decoder_use_safetensors=True,
+                encoder_trust_remote_code=trust, decoder_trust_remote_code=trust)
+            # the decoder's LM head stays tied to its own input embeddings (BertLMHeadModel's default)
+            ids = self.decoder_token_ids
+            for key, value in ids.items():
+                setattr(model.config, key, value)
+            model.config.vocab_size = model.config.decoder.vocab_size
+            model.generation_config.update(**ids, bos_token_id=ids["decoder_start_token_id"])
+        # saved with the model, so plain `generate()` on the output folder decodes as evaluation did
+        model.generation_config.update(**self.generation_settings())
+        return model
+
+    def generation_settings(self) -> dict[str, Any]:
+        opts = self.options
+        settings = {"max_new_tokens": opts.max_new_tokens or opts.max_target_length, "num_beams": opts.num_beams,
+                    "length_penalty": opts.length_penalty, "no_repeat_ngram_size": opts.no_repeat_ngram_size,
+                    "do_sample": opts.temperature > 0}
+        if opts.temperature > 0:
+            settings.update(temperature=opts.temperature, top_p=opts.top_p, num_beams=1)
+        return settings
+
+    # ---- features ---------------------------------------------------------------------------------
+    def featurize(self, raw: Dataset, role: str) -> Dataset:
+        has_target = "target" in raw.column_names
+        prefix = self.options.source_prefix
+        start = self.decoder_token_ids["decoder_start_token_id"]
+
+        def encode(batch):
+            enc = self.tokenizer([prefix + s for s in batch["source"]], truncation=True,
+                                 max_length=self.recipe.train.max_length)
+            features = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+            features["length"] = [len(ids) for ids in enc["input_ids"]]
+            if has_target:
+                labels = self.tokenizer(text_target=batch["target"], truncation=True,
+                                        max_length=self.options.max_target_length + 1)["input_ids"]
+                # the shift in `loss` prepends the decoder start token, so a tokenizer-added one (BERT's
+                # [CLS]) is dropped here rather than predicted twice
+                labels = [ids[1:] if ids and ids[0] == start else ids for ids in labels]
+                features["labels"] = [truncate_keeping_end(ids, self.options.max_target_length) for ids in labels]
+                features["length"] = [n + len(ids) for n, ids in zip(features["length"], features["labels"])]
+            return features
+
+        return raw.map(encode, batched=True, remove_columns=raw.column_names, desc=f"tokenizing {role}")
+
+    # ---- loss and evaluation --------------------------------------------------------------------------
+    def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
+
+        ids = self.decoder_token_ids
+        decoder_input_ids = shift_tokens_right(batch["labels"], ids["pad_token_id"], ids["decoder_start_token_id"])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=decoder_input_ids).logits
+        return summed_cross_entropy(logits, batch["labels"])
+
+    def eval_step(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from accelerate.utils import extract_model_from_parallel
+
+        generator = extract_model_from_parallel(model)
+        tokens = generator.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                    **self.decoder_token_ids, **self.generation_settings())
+        return {"tokens": tokens}
+
+    def postprocess(self, outputs: list[dict[str, Any]], features: Dataset, raw: Dataset) -> list[dict[str, Any]]:
+        pad = self.decoder_token_ids["pad_token_id"]
+        predictions = []
+        for record in outputs:
+            tokens = [int(t) for t in record["tokens"]]
+            text = self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=True)
+            length = sum(t != pad for t in tokens[1:])  # tokens[0] is the decoder start token
+            predictions.append({"generated_text": text.strip(), "generated_tokens": length})
+        return predictions
+
+    def score(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
+        hypotheses = [p["generated_text"] for p in predictions]
+        references = raw["references"]
+        if self.metric_family == "bleu":
+            metrics = translation_scores(hypotheses, references)
+        else:
+            metrics = max_reference_rouge(hypotheses, references)
+        metrics["gen_len"] = float(np.mean([p["generated_tokens"] for p in predictions]))
+        return metrics
+
+    def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
+        return [{"source": row["source"], "references": row["references"], "prediction": p["generated_text"]}
+                for row, p in zip(raw.to_list(), predictions)]
+
+
+def truncate_keeping_end(ids: list[int], limit: int) -> list[int]:
+    """At most `limit` tokens, keeping the final (end-of-sequence) token."""
+    return ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:]
+
+
+def sentence_lines(text: str) -> str:
+    """One sentence per line, which rougeLsum needs (a regex split: nltk's punkt is not available offline)."""
+    return "\n".join(s for s in SENTENCE_END.split(text.strip()) if s)
+
+
+def max_reference_rouge(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Mean over examples of ROUGE F1 (0..1) against the best-matching reference, per ROUGE type."""
+    owners = [i for i, refs in enumerate(references) for _ in refs]
+    pairs_hyp = [sentence_lines(hypotheses[i]) for i in owners]
+    pairs_ref = [sentence_lines(r) for refs in references for r in refs]
+    scores = rouge_example_scores(pairs_hyp, pairs_ref)
+    best = np.full((len(hypotheses), len(ROUGE_TYPES)), -np.inf)
+    np.maximum.at(best, np.asarray(owners), scores)
+    return {name: float(value) for name, value in zip(ROUGE_TYPES, best.mean(axis=0))}
+
+
+def translation_scores(hypotheses: list[str], references: list[list[str]]) -> dict[str, Any]:
+    """sacreBLEU corpus BLEU (13a) and chrF; examples with fewer references pad their streams with None,
+    which sacreBLEU skips."""
+    width = max(len(refs) for refs in references)
+    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
+    bleu = bleu_score(hypotheses, streams)
+    chrf = chrf_score(hypotheses, streams)
+    return {"bleu": bleu["bleu"], "chrf": chrf["chrf"], "bleu_signature": bleu["signature"],
+            "chrf_signature": chrf["signature"]}

@@ -1,0 +1,277 @@
+"""Causal LM task: passage splitting, block packing, completion-only labels, token-weighted perplexity, and
+few-step fine-tunes of tiny GPT-2 / Llama models that load in a text-generation pipeline and `adapt predict`."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from typer.testing import CliRunner
+
+from adapt.errors import AdaptError
+from adapt.recipe import resolve_recipe
+from adapt.tasks import get_task
+from adapt.tasks.causal_lm import pack_blocks, split_passages
+from adapt.train import evaluate, finetune
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_shakespeare" / "input.txt"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from adapt.assets import resolve_model_path
+
+    folder = tmp_path_factory.mktemp("smollm2-tokenizer")
+    AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2")).save_pretrained(folder)
+    return folder
+
+
+def _tiny_model(tokenizer_dir, folder, config):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tokenizer_dir, tmp_path_factory):
+    from transformers import AutoTokenizer, GPT2Config
+
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, n_positions=128, vocab_size=vocab,
+                        bos_token_id=1, eos_token_id=2)
+    return _tiny_model(tokenizer_dir, tmp_path_factory.mktemp("tiny-gpt2"), config)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tokenizer_dir, tmp_path_factory):
+    from transformers import AutoTokenizer, LlamaConfig
+
+    vocab = len(AutoTokenizer.from_pretrained(tokenizer_dir))
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=256, vocab_size=vocab,
+                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    return _tiny_model(tokenizer_dir, tmp_path_factory.mktemp("tiny-llama"), config)
+
+
+def make_task(model_dir, overrides=()):
+    recipe = resolve_recipe("clm", [("model", str(model_dir)), ("tracking", []), *overrides])
+    task = get_task(recipe)
+    task.load_tokenizer(str(model_dir))
+    return task
+
+
+def write_text(path: Path, paragraphs: int = 60) -> Path:
+    speeches = [f"SPEAKER {i % 5}:\nThe quick brown fox number {i} jumps over the lazy dog.\n" for i in range(paragraphs)]
+    path.write_text("\n".join(speeches))
+    return path
+
+
+def write_pairs(path: Path, n: int = 24) -> Path:
+    rows = [{"prompt": f"Add {i} and {i}.", "completion": f"The sum is {2 * i}."} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# ---- data preparation ----------------------------------------------------------------------------------
+def test_passages_cut_after_blank_lines_and_join_back_exactly():
+    text = "A:\nline one\n\nB:\nline two\n\nC:\nthree\n"
+    passages = split_passages(text, min_chars=12)
+    assert passages == ["A:\nline one\n\n", "B:\nline two\n\n", "C:\nthree\n"]
+    assert "".join(passages) == text
+    assert split_passages(text, min_chars=10_000) == [text]
+
+
+def test_packing_puts_eos_after_documents_and_drops_the_tail():
+    blocks, owners = pack_blocks([[1, 2, 3], [4, 5], [6]], [False, True, True], eos_id=0, block_size=2)
+    # stream: 1 2 3 | 4 5 EOS | 6 EOS -> (1 2) (3 4) (5 0) (6 0)
+    assert blocks == [[1, 2], [3, 4], [5, 0], [6, 0]]
+    assert owners == [0, 0, 1, 2]
+    blocks, owners = pack_blocks([[1, 2, 3], [4, 5]], [True, True], eos_id=0, block_size=4)
+    assert blocks == [[1, 2, 3, 0]] and owners == [0]  # "4 5 EOS" is the ragged tail
+
+
+def test_text_features_are_consecutive_blocks_of_the_token_stream(tiny_gpt2, tmp_path):
+    task = make_task(tiny_gpt2, [("task_options.block_size", 8), ("task_options.passage_chars", 50)])
+    raw = task.read_source(str(write_text(tmp_path / "t.txt", 6)), "train")
+    assert all(not e for e in list(raw["ends_document"])[:-1]) and raw["ends_document"][-1]
+    features = task.featurize(raw, "train")
+    stream = [t for text in list(raw["text"]) for t in task.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    stream.append(task.tokenizer.eos_token_id)
+    assert list(features["input_ids"]) == [stream[i:i + 8] for i in range(0, len(stream) - 7, 8)]
+    assert list(features["labels"]) == list(features["input_ids"]) and set(features["length"]) == {8}
+    assert len(stream) - 8 * len(features) < 8
+
+
+def test_plain_text_validation_is_whole_passages_with_no_overlap(tiny_gpt2, tmp_path):
+    task = make_task(tiny_gpt2, [("data.train", str(write_text(tmp_path / "t.txt"))), ("task_options.passage_chars", 100)])
+    splits = task.load_splits()
+    train, validation = set(list(splits["train"]["text"])), set(list(splits["validation"]["text"]))
+    assert validation and not train & validation
+
+
+def test_table_rows_are_documents_ended_by_eos_and_blank_rows_dropped(tiny_gpt2, tmp_path):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text('{"body": "first doc"}\n{"body": "  "}\n{"body": "second doc"}\n')
+    task = make_task(tiny_gpt2, [("data.columns.text", "body"), ("task_options.block_size", 2)])
+    raw = task.read_source(str(docs), "train")
+    assert list(raw["text"]) == ["first doc", "second doc"] and all(raw["ends_document"])
+    eos = task.tokenizer.eos_token_id
+    stream = [t for ids in task.tokenizer(["first doc", "second doc"], add_special_tokens=False)["input_ids"]
+              for t in ids + [eos]]
+    assert sum(list(task.featurize(raw, "train")["input_ids"]), []) == stream[:len(stream) // 2 * 2]
+
+
+def test_completion_only_labels_with_and_without_chat_template(tiny_llama, tmp_path):
+    from datasets import Dataset
+
+    raw = Dataset.from_dict({"prompt": ["What is 2+2?"], "completion": [" Four."]})
+    for chat in (False, True):
+        task = make_task(tiny_llama, [("task_options.chat_template", chat)])
+        tok = task.tokenizer
+        prompt_text = tok.apply_chat_template([{"role": "user", "content": "What is 2+2?"}], tokenize=False,
+                                              add_generation_prompt=True) if chat else "What is 2+2?"
+        prompt = tok(prompt_text, add_special_tokens=not chat)["input_ids"]
+        completion = tok(" Four.", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        row = task.featurize(raw, "train")[0]
+        assert row["input_ids"] == prompt + completion
+        assert row["labels"] == [-100] * len(prompt) + completion
+        assert row["length"] == len(prompt) + len(completion)
+        assert prompt_text.startswith("<|im_start|>") == chat
+
+
+def test_targets_are_counted_after_the_shift(tiny_gpt2):
+    task = make_task(tiny_gpt2)
+    batch = {"labels": torch.tensor([[5, 6, 7], [-100, -100, 8]])}
+    assert task.count_targets(batch) == 3  # the first position is never a target
+
+
+def test_wrong_columns_and_too_little_text_are_user_errors(tiny_gpt2, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answer": "a"}\n')
+    task = make_task(tiny_gpt2)
+    with pytest.raises(AdaptError, match="no column 'text'"):
+        task.read_source(str(bad), "train")
+    short = tmp_path / "short.txt"
+    short.write_text("too short\n")
+    with pytest.raises(AdaptError, match="block_size"):
+        task.featurize(task.read_source(str(short), "train"), "validation")
+
+
+# ---- perplexity ---------------------------------------------------------------------------------------
+class _Output:
+    def __init__(self, logits):
+        self.logits = logits
+
+
+class MarkovLM(torch.nn.Module):
+    """Logits depend on the current token only, through a rank-4 table (a full V x V table would take
+    gigabytes); scale 0 is the uniform model."""
+
+    def __init__(self, vocab, scale=1.0):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.embed = torch.randn(vocab, 4, generator=generator) * scale
+        self.out = torch.randn(4, vocab, generator=generator)
+
+    def forward(self, input_ids, attention_mask=None, **_):
+        return _Output(self.embed[input_ids] @ self.out)
+
+
+def _evaluate(task, model, raw, batch_size):
+    features = task.featurize(raw, "validation")
+    metrics, predictions = evaluate(task, model, features, raw, Accelerator(cpu=True), batch_size)
+    return metrics, predictions
+
+
+def test_uniform_model_has_perplexity_exactly_the_vocabulary_size(tiny_gpt2, tmp_path):
+    task = make_task(tiny_gpt2, [("task_options.block_size", 8), ("task_options.passage_chars", 50)])
+    vocab = len(task.tokenizer)
+    raw = task.read_source(str(write_text(tmp_path / "t.txt", 6)), "validation")
+    metrics, _ = _evaluate(task, MarkovLM(vocab, scale=0.0), raw, batch_size=3)
+    assert metrics["perplexity"] == pytest.approx(vocab, rel=1e-5)
+    assert metrics["loss"] == pytest.approx(math.log(vocab), rel=1e-6)
+    assert metrics["tokens"] == len(task.featurize(raw, "validation")) * 7
+
+
+def test_perplexity_weights_tokens_not_batches(tiny_gpt2):
+    from datasets import Dataset
+
+    task = make_task(tiny_gpt2)
+    vocab = len(task.tokenizer)
+    model = MarkovLM(vocab)
+    raw = Dataset.from_dict({"prompt": ["a", "b c d e f"], "completion": [" one two three four five six", " x"]})
+    metrics, predictions = _evaluate(task, model, raw, batch_size=1)
+    features = task.featurize(raw, "validation")
+    total, tokens = 0.0, 0
+    for ids, labels in zip(features["input_ids"], features["labels"]):
+        log_probs = model(torch.tensor(ids[:-1])).logits.log_softmax(-1)
+        for position, target in enumerate(labels[1:]):
+            if target != -100:
+                total -= float(log_probs[position, target])
+                tokens += 1
+    assert metrics["tokens"] == tokens
+    assert metrics["perplexity"] == pytest.approx(math.exp(total / tokens), rel=1e-4)
+    batch_means = [math.exp(p["nll"] / p["tokens"]) for p in predictions]
+    assert predictions[0]["tokens"] != predictions[1]["tokens"]
+    assert abs(metrics["perplexity"] - sum(batch_means) / 2) > 1e-3 * metrics["perplexity"]
+
+
+# ---- end to end --------------------------------------------------------------------------------------------
+def _check_generation_folder(run: Path):
+    from transformers import pipeline
+
+    assert (run / "generation_config.json").exists()
+    generator = pipeline("text-generation", model=str(run))
+    out = generator("The quick brown", max_new_tokens=5, do_sample=False)
+    assert out[0]["generated_text"].startswith("The quick brown")
+
+    from adapt.cli import app
+
+    for decoding in ([], ["--temperature", "0.8", "--top-p", "0.9"]):
+        result = CliRunner().invoke(app, ["predict", "--model", str(run), "--max-new-tokens", "4", *decoding,
+                                          "The quick", "Add 1 and 1."])
+        assert result.exit_code == 0, result.output
+        records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+        assert [r["input"]["prompt"] for r in records] == ["The quick", "Add 1 and 1."]
+        assert all(isinstance(r["generated_text"], str) for r in records)
+
+
+def test_clm_finetune_on_plain_text_then_generate(tiny_gpt2, tmp_path, adapt_cache):
+    run = tmp_path / "run"
+    final = finetune(resolve_recipe("clm", [
+        ("model", str(tiny_gpt2)), ("data.train", str(write_text(tmp_path / "t.txt"))), ("train.max_steps", 3),
+        ("train.batch_size", 4), ("task_options.block_size", 32), ("task_options.passage_chars", 200),
+        ("train.lr", 1e-3), ("output_dir", str(run)), ("tracking", [])]))
+    assert math.isfinite(final["validation"]["perplexity"]) and final["validation"]["tokens"] % 31 == 0
+    assert final["validation"]["loss"] == pytest.approx(math.log(final["validation"]["perplexity"]))
+    _check_generation_folder(run)
+
+
+def test_instruct_finetune_on_pairs_then_generate(tiny_llama, tmp_path, adapt_cache):
+    run = tmp_path / "run"
+    final = finetune(resolve_recipe("clm-instruct", [
+        ("model", str(tiny_llama)), ("data.train", str(write_pairs(tmp_path / "pairs.jsonl"))),
+        ("train.max_steps", 3), ("train.batch_size", 4), ("train.lr", 1e-3), ("task_options.max_new_tokens", 8),
+        ("output_dir", str(run)), ("tracking", [])]))
+    assert math.isfinite(final["validation"]["perplexity"])
+    config = json.loads((run / "generation_config.json").read_text())
+    assert config["max_new_tokens"] == 8 and config["do_sample"] is False
+    _check_generation_folder(run)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not SHAKESPEARE.exists(), reason="shared tiny Shakespeare data not present")
+def test_smollm2_on_tiny_shakespeare_runs(tmp_path):
+    final = finetune(resolve_recipe("clm", [
+        ("data.train", str(SHAKESPEARE)), ("train.max_steps", 1), ("train.batch_size", 2),
+        ("task_options.block_size", 64), ("data.max_train_examples", 4), ("data.max_eval_examples", 2),
+        ("output_dir", str(tmp_path / "run")), ("tracking", [])]))
+    # the pretrained model already knows English: far below the 49k-token uniform perplexity
+    assert final["validation"]["perplexity"] < 200
