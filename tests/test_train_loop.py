@@ -174,9 +174,10 @@ def test_accumulated_micro_batches_of_unequal_length_equal_one_big_batch(tiny_be
 class GradientRecorder(torch.optim.Optimizer):
     """An optimizer that records the gradients it is given and leaves the weights alone."""
 
-    def __init__(self, model):
-        super().__init__(list(model.parameters()), {"lr": 1e-3})
-        self.names = [n for n, _ in model.named_parameters()]
+    def __init__(self, named_parameters):
+        named = list(named_parameters)
+        super().__init__([p for _, p in named], {"lr": 1e-3})
+        self.names = [n for n, _ in named]
         self.steps: list[dict[str, torch.Tensor]] = []
 
     def step(self, closure=None):

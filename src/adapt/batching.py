@@ -86,3 +86,20 @@ def iterate(features: Dataset, batches: list[list[int]], collate: Callable, num_
 
 def steps_per_epoch(n_examples: int, global_batch_size: int) -> int:
     return math.ceil(n_examples / global_batch_size)
+
+
+def optimizer_steps(n_train: int, cfg, world: int = 1) -> tuple[int, int]:
+    """(optimizer steps, micro-batches) of a run with TrainConfig `cfg`: max_steps wins over epochs."""
+    if cfg.max_steps:
+        return cfg.max_steps, cfg.max_steps * cfg.grad_accum
+    total_micro = math.ceil(cfg.epochs * steps_per_epoch(n_train, cfg.batch_size * world))
+    return math.ceil(total_micro / cfg.grad_accum), total_micro
+
+
+def micro_batch_plan(lengths: list[int], cfg, total_micro: int, world: int = 1) -> list[list[int]]:
+    """The global micro-batches of a whole run, epoch after epoch, as the loop draws them."""
+    plan, epoch = [], 0
+    while len(plan) < total_micro:
+        plan += global_batches(lengths, cfg.batch_size * world, cfg.seed, epoch, cfg.group_by_length)
+        epoch += 1
+    return plan[:total_micro]

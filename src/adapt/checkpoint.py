@@ -21,24 +21,6 @@ STATE_FILE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
-def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Only what training changes: frozen weights (e.g. a LoRA base model) are rebuilt from the base."""
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def load_trainable_state(model: torch.nn.Module, path: Path) -> None:
-    state = load_file(str(path))
-    params = dict(model.named_parameters())
-    missing = [n for n, p in params.items() if p.requires_grad and n not in state]
-    unknown = [n for n in state if n not in params]
-    if missing or unknown:
-        raise AdaptError(f"{path}: does not match the model ({len(missing)} missing, {len(unknown)} unknown weights); "
-                         "was the recipe changed since the checkpoint was written?")
-    with torch.no_grad():
-        for name, value in state.items():
-            params[name].copy_(value)
-
-
 def _optimizer_to_flat(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -96,9 +78,9 @@ def load_process_rng(folder: Path, rank: int) -> None:
     _set_rng_state(load_file(str(path)), json.loads((folder / f"rng-{rank}.json").read_text()))
 
 
-def save_main_state(folder: Path, model, optimizer, scheduler, state: dict) -> None:
-    """Model, optimizer, scheduler and loop state (main process only)."""
-    save_file(trainable_state(model), str(folder / "model.safetensors"))
+def save_main_state(folder: Path, weights: dict[str, torch.Tensor], optimizer, scheduler, state: dict) -> None:
+    """Trainable weights, optimizer, scheduler and loop state (main process only)."""
+    save_file(weights, str(folder / "model.safetensors"))
     tensors, meta = _optimizer_to_flat(optimizer)
     save_file(tensors, str(folder / "optimizer.safetensors"))
     (folder / "optimizer.json").write_text(json.dumps(meta))
@@ -106,8 +88,9 @@ def save_main_state(folder: Path, model, optimizer, scheduler, state: dict) -> N
     (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
 
 
-def load_state(folder: Path, model, optimizer, scheduler) -> dict:
-    load_trainable_state(model, folder / "model.safetensors")
+def load_state(folder: Path, weights, optimizer, scheduler) -> dict:
+    """Restore what save_main_state wrote; `weights` is an adapt.precision.TrainableWeights."""
+    weights.load(folder / "model.safetensors")
     optimizer.load_state_dict(_optimizer_from_flat(load_file(str(folder / "optimizer.safetensors")),
                                                    json.loads((folder / "optimizer.json").read_text())))
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))

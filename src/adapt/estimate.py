@@ -3,7 +3,6 @@ from the run's exact batch plan and a few real, timed training steps."""
 
 from __future__ import annotations
 
-import math
 import time
 from typing import Any
 
@@ -21,26 +20,6 @@ FLOPS_PER_PARAM_TOKEN = 6
 EVAL_COST_SHARE = 1 / 3
 
 
-def optimizer_steps(n_train: int, recipe: Recipe, world: int = 1) -> tuple[int, int]:
-    """(optimizer steps, micro-batches) a run performs, as `adapt.train.finetune` counts them."""
-    cfg = recipe.train
-    micro_per_epoch = batching.steps_per_epoch(n_train, cfg.batch_size * world)
-    if cfg.max_steps:
-        return cfg.max_steps, cfg.max_steps * cfg.grad_accum
-    total_micro = math.ceil(cfg.epochs * micro_per_epoch)
-    return math.ceil(total_micro / cfg.grad_accum), total_micro
-
-
-def micro_batch_plan(lengths: list[int], recipe: Recipe, total_micro: int) -> list[list[int]]:
-    """The example indices of every micro-batch of the run, epoch after epoch, as the loop draws them."""
-    cfg = recipe.train
-    plan, epoch = [], 0
-    while len(plan) < total_micro:
-        plan += batching.global_batches(lengths, cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
-        epoch += 1
-    return plan[:total_micro]
-
-
 def non_embedding_params(model: torch.nn.Module) -> int:
     """Parameters outside embedding tables (token, position, segment), each tied tensor counted once."""
     embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
@@ -51,11 +30,13 @@ def padded_tokens(batch: list[int], lengths: list[int]) -> int:
     return len(batch) * max(lengths[i] for i in batch)
 
 
-def time_training_steps(task, model, optimizer, accelerator, features, plan: list[list[int]], grad_accum: int,
+def time_training_steps(task, model, weights, optimizer, accelerator, features, plan: list[list[int]], grad_accum: int,
                         max_grad_norm: float | None, steps: int) -> dict[str, float]:
-    """Run `steps` + 1 real optimizer steps on the run's first batches; the first warms caches and
-    allocators and is not timed. Returns seconds per padded token (forward+backward) and per optimizer
-    update."""
+    """Run `steps` + 1 real optimizer steps on the run's first batches, with the loop's own gradient
+    code; the first warms caches and allocators and is not timed. Returns seconds per padded token
+    (forward+backward) and per optimizer update."""
+    from adapt.train import accumulate_gradients
+
     lengths = features["length"]
     groups = [plan[i:i + grad_accum] for i in range(0, len(plan), grad_accum)][: steps + 1]
     compute_seconds = update_seconds = 0.0
@@ -63,16 +44,14 @@ def time_training_steps(task, model, optimizer, accelerator, features, plan: lis
     model.train()
     for step, group in enumerate(groups):
         batches = [task.collate(features[b]) for b in group]
-        targets = max(1, sum(task.count_targets(b) for b in batches))
         t0 = time.perf_counter()
-        for batch in batches:
-            with accelerator.autocast():
-                loss_sum, _ = task.loss(model, {k: v.to(accelerator.device) for k, v in batch.items()})
-                accelerator.backward(loss_sum / targets)
+        accumulate_gradients(task, model, batches, accelerator)
         t1 = time.perf_counter()
+        weights.grads_to_master()
         if max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            torch.nn.utils.clip_grad_norm_([p for _, p in weights.named_parameters()], max_grad_norm)
         optimizer.step()
+        weights.master_to_model()
         optimizer.zero_grad(set_to_none=True)
         t2 = time.perf_counter()
         if step > 0:
@@ -85,14 +64,17 @@ def time_training_steps(task, model, optimizer, accelerator, features, plan: lis
 
 
 def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
-    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
+    from adapt.precision import TrainableWeights
     from adapt.tasks import get_task
-    from adapt.train import build_optimizer, featurize_splits, mixed_precision_mode
+    from adapt.train import build_optimizer, featurize_splits, make_accelerator, mixed_precision_mode
 
     cfg = recipe.train
-    accelerator = Accelerator(mixed_precision=mixed_precision_mode(cfg.mixed_precision))
+    AcceleratorState._reset_state()
+    accelerator = make_accelerator(recipe.model_copy(update={"tracking": []}), None)
+    precision = mixed_precision_mode(cfg.mixed_precision)
     set_seed(cfg.seed)
     task = get_task(recipe)
     model_path = assets.resolve_model_path(recipe.model)
@@ -103,8 +85,8 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     features = featurize_splits(task, raw, tokenizer_path, accelerator)
     train_lengths = features["train"]["length"]
 
-    steps, total_micro = optimizer_steps(len(train_lengths), recipe)
-    plan = micro_batch_plan(train_lengths, recipe, total_micro)
+    steps, total_micro = batching.optimizer_steps(len(train_lengths), cfg)
+    plan = batching.micro_batch_plan(train_lengths, cfg, total_micro)
     train_tokens = sum(train_lengths[i] for batch in plan for i in batch)
     train_padded = sum(padded_tokens(batch, train_lengths) for batch in plan)
 
@@ -112,14 +94,15 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     if recipe.peft:
         from adapt.lora import wrap_with_peft
 
-        model = wrap_with_peft(model, recipe.peft)
+        model = wrap_with_peft(model, recipe.peft, task.name)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     n_params = sum(p.numel() for p in model.parameters())
     n_non_embedding = non_embedding_params(model)
-    optimizer = build_optimizer(model, recipe)
+    weights = TrainableWeights(model.to(accelerator.device), master=precision == "bf16-master")
+    optimizer = build_optimizer(weights.named_parameters(), recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
-    timing = time_training_steps(task, model, optimizer, accelerator, features["train"], plan, cfg.grad_accum,
+    timing = time_training_steps(task, model, weights, optimizer, accelerator, features["train"], plan, cfg.grad_accum,
                                  cfg.max_grad_norm, timed_steps)
 
     train_seconds = train_padded * timing["seconds_per_padded_token"] + steps * timing["seconds_per_update"]
@@ -131,7 +114,7 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     eval_seconds = eval_tokens * timing["seconds_per_padded_token"] * EVAL_COST_SHARE
     return {
         "recipe": recipe.name, "task": recipe.task, "model": recipe.model,
-        "device": str(accelerator.device), "mixed_precision": accelerator.mixed_precision,
+        "device": str(accelerator.device), "mixed_precision": precision,
         "threads": torch.get_num_threads(),
         "train_examples": len(train_lengths), "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum,
         "epochs": round(total_micro / batching.steps_per_epoch(len(train_lengths), cfg.batch_size), 3),

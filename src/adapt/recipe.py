@@ -64,7 +64,9 @@ class TrainConfig(Strict):
     greater_is_better: bool | None = None
     early_stopping_patience: int | None = Field(None, ge=1)
     seed: int = 42
-    mixed_precision: Literal["auto", "bf16", "fp16", "no"] = "auto"
+    mixed_precision: Literal["auto", "bf16", "bf16-master", "fp16", "no"] = Field(
+        "auto", description="bf16/fp16: autocast; bf16-master: bf16 weights, fp32 master weights in the optimizer; "
+                            "auto: bf16 on GPUs, bf16-master on CPUs with native bf16, else no")
     group_by_length: bool = True
     gradient_checkpointing: bool = False
     compile: bool = False

@@ -4,7 +4,6 @@ selection, early stopping, atomic checkpoints and exact resume. Read it top to b
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -22,9 +21,10 @@ from datasets import Dataset
 
 from adapt import assets, batching, checkpoint, data, outputs
 from adapt.errors import AdaptError
+from adapt.precision import TrainableWeights
 from adapt.recipe import Recipe, recipe_to_yaml
 from adapt.tasks import get_task
-from adapt.tasks.base import Task
+from adapt.tasks.base import Task, set_pad_multiple
 from adapt.ui import console, summary_table, training_progress
 
 CHECKPOINTS = "checkpoints"
@@ -52,12 +52,18 @@ class LoopState:
 
 # ---- set-up ---------------------------------------------------------------------------------------
 def mixed_precision_mode(requested: str) -> str:
+    """`auto` resolved for this machine. bf16 weights with fp32 masters beat bf16 autocast, whose
+    per-op casts cost more than they save on CPUs and on launch-bound small GPU models; sharded
+    set-ups (DeepSpeed, FSDP) keep their own master weights, so they get plain autocast."""
     if requested != "auto":
         return requested
+    sharded = any(os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() in ("1", "true") for k in ("DEEPSPEED", "FSDP"))
     if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    # bf16 autocast only pays off on CPUs with native bf16 matmul (AVX512-BF16 / AMX)
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+        if not torch.cuda.is_bf16_supported():
+            return "fp16"
+        return "bf16" if sharded else "bf16-master"
+    # bf16 only pays off on CPUs with native bf16 matmul (AVX512-BF16 / AMX)
+    return "bf16-master" if torch.ops.mkldnn._is_mkldnn_bf16_supported() and not sharded else "no"
 
 
 def make_accelerator(recipe: Recipe | None = None, output_dir: Path | None = None) -> Accelerator:
@@ -65,7 +71,8 @@ def make_accelerator(recipe: Recipe | None = None, output_dir: Path | None = Non
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if recipe is None:
         return Accelerator(cpu=multi_cpu)
-    return Accelerator(mixed_precision=mixed_precision_mode(recipe.train.mixed_precision), cpu=multi_cpu,
+    mode = mixed_precision_mode(recipe.train.mixed_precision)
+    return Accelerator(mixed_precision="no" if mode == "bf16-master" else mode, cpu=multi_cpu,
                        log_with=recipe.tracking or None, project_dir=str(output_dir))
 
 
@@ -104,9 +111,9 @@ def featurize_splits(task: Task, raw: dict[str, Dataset], tokenizer_id: str, acc
     return features
 
 
-def build_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+def build_optimizer(named_parameters, recipe: Recipe) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    for name, param in named_parameters:
         if not param.requires_grad:
             continue
         # biases and normalisation weights are not decayed (standard BERT/GPT practice)
@@ -129,30 +136,31 @@ def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def accumulate_gradients(task: Task, model, micro_batches: list[dict], accelerator: Accelerator) -> tuple[float, int, int, int]:
+def accumulate_gradients(task: Task, model, micro_batches: list[dict], accelerator: Accelerator) -> tuple[torch.Tensor, int, int, int]:
     """Backward over the micro-batches of one optimizer step so the gradient equals that of one big
     batch: each micro-batch's summed loss is divided by the target count of the whole global batch
-    (all micro-batches, all processes), not by its own. Returns (this process's loss sum, global
-    targets, this process's samples, this process's non-pad tokens)."""
+    (all micro-batches, all processes), not by its own. Returns (this process's loss sum as a device
+    tensor, global targets, this process's samples, this process's non-pad tokens); counting happens on
+    the host batches so that nothing waits for the device mid-step."""
     world = accelerator.num_processes
     for b in micro_batches:
         b.pop("index", None)
-    targets = torch.tensor(sum(task.count_targets(b) for b in micro_batches), device=accelerator.device)
-    if world > 1:
+    targets = torch.tensor(sum(task.count_targets(b) for b in micro_batches), device=accelerator.device if world > 1 else "cpu")
+    if world > 1:  # the one host-device sync of a step, and only with several processes
         targets = accelerator.reduce(targets, reduction="sum")
     targets = int(targets)
     # DDP averages gradients over processes, so each process scales its share by `world`
     scale = world / max(1, targets)
-    loss_total, samples, tokens = 0.0, 0, 0
+    samples = sum(len(b["input_ids"]) for b in micro_batches)
+    tokens = sum(int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel() for b in micro_batches)
+    loss_total = torch.zeros((), device=accelerator.device)
     for i, b in enumerate(micro_batches):
         b = to_device(b, accelerator.device)
         sync = accelerator.no_sync(model) if i < len(micro_batches) - 1 else nullcontext()
         with sync, accelerator.autocast():
             loss_sum, _ = task.loss(model, b)
             accelerator.backward(loss_sum * scale)
-        loss_total += float(loss_sum.detach())
-        samples += len(b["input_ids"])
-        tokens += int(b["attention_mask"].sum()) if "attention_mask" in b else b["input_ids"].numel()
+        loss_total += loss_sum.detach().float()
     return loss_total, targets, samples, tokens
 
 
@@ -204,6 +212,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     is_main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(cfg.seed)
+    set_pad_multiple(8 if accelerator.device.type == "cuda" else 1)
 
     task = get_task(recipe)
     model_path = assets.resolve_model_path(recipe.model)
@@ -235,14 +244,13 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
 
     micro_batch_size = cfg.batch_size * world  # examples in one micro-batch across all processes
     micro_per_epoch = batching.steps_per_epoch(len(features["train"]), micro_batch_size)
-    if cfg.max_steps:
-        total_steps = cfg.max_steps
-    else:
-        total_steps = math.ceil(math.ceil(cfg.epochs * micro_per_epoch) / cfg.grad_accum)
-    total_micro = cfg.max_steps * cfg.grad_accum if cfg.max_steps else math.ceil(cfg.epochs * micro_per_epoch)
+    total_steps, total_micro = batching.optimizer_steps(len(features["train"]), cfg, world)
     warmup_steps = int(cfg.warmup_ratio * total_steps)
 
-    optimizer = build_optimizer(model, recipe)
+    precision = mixed_precision_mode(cfg.mixed_precision)
+    # masters are made where the model lives, so the optimizer state is created on the device too
+    weights = TrainableWeights(model.to(accelerator.device), master=precision == "bf16-master")
+    optimizer = build_optimizer(weights.named_parameters(), recipe)
     scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)
@@ -252,7 +260,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     log = outputs.JsonlLog(output_dir / "train_log.jsonl", enabled=is_main, append=bool(resume))
     if resume:
         folder = resume_folder(output_dir, resume)
-        state = LoopState(**checkpoint.load_state(folder, unwrapped, optimizer, scheduler))
+        state = LoopState(**checkpoint.load_state(folder, weights, optimizer, scheduler))
         checkpoint.load_process_rng(folder, rank)
         if is_main:  # drop log lines written after the checkpoint, which the resumed run will redo
             kept = [r for r in outputs.read_log(log.path) if r.get("step", 0) <= state.step]
@@ -275,7 +283,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         checkpoint.save_process_rng(tmp, rank)
         accelerator.wait_for_everyone()
         if is_main:
-            checkpoint.save_main_state(tmp, unwrapped, optimizer, scheduler, state.__dict__)
+            checkpoint.save_main_state(tmp, weights.state(), optimizer, scheduler, state.__dict__)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(tmp, target)
             checkpoint.rotate(checkpoint_dir, cfg.save_total_limit)
@@ -300,7 +308,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
                 with outputs.AtomicDir(checkpoint_dir / BEST) as tmp:
                     from safetensors.torch import save_file
 
-                    save_file(checkpoint.trainable_state(unwrapped), str(tmp / "model.safetensors"))
+                    save_file(weights.state(), str(tmp / "model.safetensors"))
         else:
             state.evals_without_improvement += 1
         accelerator.wait_for_everyone()
@@ -351,9 +359,14 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
                 window["tokens"] += tokens
                 # every process holds the global target count; count it once in the cross-process sum
                 window["targets"] += targets / world
+                weights.grads_to_master()
                 if cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    if weights.master:
+                        torch.nn.utils.clip_grad_norm_(list(weights.params.values()), cfg.max_grad_norm)
+                    else:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
+                weights.master_to_model()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
@@ -362,7 +375,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
 
                 if state.step % cfg.log_steps == 0 or state.step == total_steps:
                     elapsed = time.perf_counter() - window["t0"]
-                    totals = torch.tensor([window["loss"], window["targets"], window["samples"], window["tokens"]],
+                    totals = torch.tensor([float(window["loss"]), window["targets"], window["samples"], window["tokens"]],
                                           dtype=torch.float64, device=device)
                     if world > 1:
                         totals = accelerator.reduce(totals, reduction="sum")
@@ -400,7 +413,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     best_file = checkpoint_dir / BEST / "model.safetensors"
     if best_file.exists():
         accelerator.wait_for_everyone()
-        checkpoint.load_trainable_state(unwrapped, best_file)
+        weights.load(best_file)
     final = {"best_step": state.best_step, f"best_{metric_name}": state.best_metric}
     validation_metrics, val_predictions = evaluate(task, model, features["validation"], raw["validation"], accelerator, cfg.eval_batch_size)
     final["validation"] = validation_metrics
@@ -412,8 +425,9 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         "train_tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
         "data_seconds": round(t_data, 2), "stopped_early": stopped_early,
         "trainable_params": trainable, "total_params": total_params, "processes": world,
-        "mixed_precision": accelerator.mixed_precision, "device": str(device),
+        "mixed_precision": precision, "device": str(device),
     })
+    weights.finalize(unwrapped)
     if is_main:
         write_final_artefacts(task, unwrapped, output_dir, recipe, final, raw, val_predictions, model_path)
         final["wall_seconds"] = round(time.perf_counter() - t_start, 2)

@@ -182,10 +182,21 @@ def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[to
 PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": -100, "special_tokens_mask": 1}
 
 
+# Padded widths are rounded up to this multiple. On GPUs a handful of distinct shapes lets kernels
+# (cuBLAS, cuDNN attention plans) be chosen once and reused, and multiples of 8 fill tensor cores; on
+# CPUs every extra column is wasted work. The training loop sets it for its device.
+_pad_multiple = 1
+
+
+def set_pad_multiple(multiple: int) -> None:
+    global _pad_multiple
+    _pad_multiple = max(1, multiple)
+
+
 def pad_batch(rows: dict[str, list], pad_token_id: int, pad_values: dict[str, int] | None = None,
               skip: tuple[str, ...] = ("length",)) -> dict[str, torch.Tensor]:
-    """Pad every list-valued column to the longest row in this batch (dynamic padding) and stack
-    scalar columns; columns in `skip` are dropped."""
+    """Pad every list-valued column to the longest row in this batch (dynamic padding, rounded up to
+    the device's pad multiple) and stack scalar columns; columns in `skip` are dropped."""
     values = {**PAD_VALUES, "input_ids": pad_token_id, **(pad_values or {})}
     batch = {}
     for key, column in rows.items():
@@ -195,7 +206,7 @@ def pad_batch(rows: dict[str, list], pad_token_id: int, pad_values: dict[str, in
         if isinstance(first, (list, tuple)):
             if first and isinstance(first[0], (list, tuple)):
                 continue  # nested (e.g. offset mappings): stays with the features, not the batch
-            width = max(len(r) for r in column)
+            width = -(-max(len(r) for r in column) // _pad_multiple) * _pad_multiple
             fill = values.get(key, 0)
             batch[key] = torch.tensor([list(r) + [fill] * (width - len(r)) for r in column])
         elif isinstance(first, (int, float, bool)):
