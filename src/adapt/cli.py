@@ -151,14 +151,14 @@ def recipes(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand:
         return
     from adapt.recipe import available_recipes, load_recipe_dict
-    from adapt.ui import console, recipes_table
+    from adapt.ui import recipes_listing
 
     rows = []
     for name in available_recipes():
         raw, _ = load_recipe_dict(name)
         rows.append((name, raw.get("task", ""), raw.get("model", ""), str(raw.get("data", {}).get("train", "")),
                      raw.get("description", "")))
-    console.print(recipes_table(rows))
+    print(recipes_listing(rows))
 
 
 @recipes_app.command("show")

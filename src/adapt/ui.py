@@ -58,13 +58,13 @@ def summary_table(recipe, final: dict, output_dir: Path, metric: str) -> Table:
     return table
 
 
-def recipes_table(rows: list[tuple[str, ...]]) -> Table:
-    table = Table(title="adapt recipes", header_style="bold")
-    for column in ("recipe", "task", "model", "train data", "description"):
-        table.add_column(column, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    return table
+def recipes_listing(rows: list[tuple[str, ...]]) -> str:
+    """Aligned plain-text columns: names, models and data paths are never cut or wrapped mid-word
+    (they are what people copy), whatever the terminal width."""
+    header = ("recipe", "task", "model", "train data", "description")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r[:4], widths)) + "  " + r[4] for r in [header, *rows]]
+    return "\n".join(lines)
 
 
 def prediction_table(records: list[dict]) -> Table:
