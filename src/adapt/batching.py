@@ -9,9 +9,10 @@ from typing import Callable, Iterator
 import torch
 from datasets import Dataset
 
-# Length grouping sorts inside windows of this many global batches: large enough that batches are
-# nearly pad-free, small enough that batch composition stays random from epoch to epoch.
-MEGABATCH_FACTOR = 64
+# Length grouping sorts inside windows of this many global batches. Wider windows pad less but make
+# each batch a narrow length band, which cost SST-2 accuracy here (1 epoch, 8k examples, 2 seeds:
+# window 64 -> 0.826/0.844, 16 -> 0.851/0.861, no grouping -> 0.854 at 0.45x the speed).
+MEGABATCH_FACTOR = 16
 
 
 def global_batches(lengths: list[int], global_batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
