@@ -241,7 +241,8 @@ def test_global_batches_are_a_deterministic_permutation(grouped):
 def test_length_grouping_cuts_padding():
     grouped = pad_fraction(batching.global_batches(LENGTHS, 16, 0, 0, True), LENGTHS)
     shuffled = pad_fraction(batching.global_batches(LENGTHS, 16, 0, 0, False), LENGTHS)
-    assert shuffled > 0.3 and grouped < 0.05, (grouped, shuffled)
+    # uniform lengths 3..120 sorted inside windows of 16 batches: about 5% padding against 46%
+    assert shuffled > 0.3 and grouped < 0.07, (grouped, shuffled)
 
 
 def test_shard_batch_splits_across_ranks_and_wraps_a_short_batch():
