@@ -16,6 +16,7 @@ from adapt.errors import AdaptError
 class TrainableWeights:
     def __init__(self, model: torch.nn.Module, master: bool):
         self.master = master
+        self._grad_buffers: dict[str, torch.Tensor] | None = None
         if master:
             fp32 = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
             model.to(torch.bfloat16)
@@ -28,13 +29,17 @@ class TrainableWeights:
         return self.params.items()
 
     def grads_to_master(self) -> None:
-        """After backward: move the bf16 gradients onto the fp32 masters."""
+        """After backward: move the bf16 gradients onto the fp32 masters, in one fused copy into buffers
+        allocated once (a per-parameter `.float()` costs ~5% of a small model's step)."""
         if not self.master:
             return
-        for name, param in self.model_params.items():
-            grad = param.grad
-            self.params[name].grad = None if grad is None else grad.float()
-            param.grad = None
+        if self._grad_buffers is None:
+            self._grad_buffers = {n: torch.empty_like(p) for n, p in self.params.items()}
+        names = [n for n, p in self.model_params.items() if p.grad is not None]
+        torch._foreach_copy_([self._grad_buffers[n] for n in names], [self.model_params[n].grad for n in names])
+        for name in names:
+            self.params[name].grad = self._grad_buffers[name]
+            self.model_params[name].grad = None
 
     def master_to_model(self) -> None:
         """After an optimizer step (or loading weights): refresh the bf16 model weights."""
