@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from adapt import assets, batching
+from adapt import batching
 from adapt.recipe import Recipe
 from adapt.runs import format_duration
 
@@ -68,21 +68,15 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from adapt.precision import TrainableWeights
-    from adapt.tasks import get_task
-    from adapt.train import build_optimizer, featurize_splits, make_accelerator, mixed_precision_mode
+    from adapt.train import build_optimizer, load_task_data, make_accelerator, mixed_precision_mode
 
     cfg = recipe.train
     AcceleratorState._reset_state()
     accelerator = make_accelerator(recipe.model_copy(update={"tracking": []}), None)
     precision = mixed_precision_mode(cfg.mixed_precision)
     set_seed(cfg.seed)
-    task = get_task(recipe)
-    model_path = assets.resolve_model_path(recipe.model)
-    tokenizer_path = assets.resolve_model_path(recipe.tokenizer) if recipe.tokenizer else model_path
-    task.load_tokenizer(tokenizer_path)
-    raw = task.load_splits()
-    # the same cache keys as `adapt finetune`, so the run that follows reuses these features
-    features = featurize_splits(task, raw, tokenizer_path, accelerator)
+    # the same loading and cache keys as `adapt finetune`, so the run that follows reuses these features
+    task, model_path, raw, features = load_task_data(recipe, accelerator)
     train_lengths = features["train"]["length"]
 
     steps, total_micro = batching.optimizer_steps(len(train_lengths), cfg)

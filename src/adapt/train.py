@@ -111,6 +111,16 @@ def featurize_splits(task: Task, raw: dict[str, Dataset], tokenizer_id: str, acc
     return features
 
 
+def load_task_data(recipe: Recipe, accelerator: Accelerator) -> tuple[Task, str, dict[str, Dataset], dict[str, Dataset]]:
+    """(task, local model path, raw splits, tokenized features): everything a run knows before its model."""
+    task = get_task(recipe)
+    model_path = assets.resolve_model_path(recipe.model)
+    tokenizer_path = assets.resolve_model_path(recipe.tokenizer) if recipe.tokenizer else model_path
+    task.load_tokenizer(tokenizer_path)
+    raw = task.load_splits()
+    return task, model_path, raw, featurize_splits(task, raw, tokenizer_path, accelerator)
+
+
 def build_optimizer(named_parameters, recipe: Recipe) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in named_parameters:
@@ -214,12 +224,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     set_seed(cfg.seed)
     set_pad_multiple(8 if accelerator.device.type == "cuda" else 1)
 
-    task = get_task(recipe)
-    model_path = assets.resolve_model_path(recipe.model)
-    tokenizer_path = assets.resolve_model_path(recipe.tokenizer) if recipe.tokenizer else model_path
-    task.load_tokenizer(tokenizer_path)
-    raw = task.load_splits()
-    features = featurize_splits(task, raw, tokenizer_path, accelerator)
+    task, model_path, raw, features = load_task_data(recipe, accelerator)
     t_data = time.perf_counter() - t_start
 
     # Only now, with the data known good, is the output directory touched.
