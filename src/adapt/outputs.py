@@ -29,6 +29,11 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
+def jsonl_text(records) -> str:
+    """JSON Lines for records that may hold numpy/torch scalars."""
+    return "".join(json.dumps(r, default=_jsonable) + "\n" for r in records)
+
+
 def _jsonable(value):
     if hasattr(value, "item"):
         return value.item()

@@ -269,7 +269,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         checkpoint.load_process_rng(folder, rank)
         if is_main:  # drop log lines written after the checkpoint, which the resumed run will redo
             kept = [r for r in outputs.read_log(log.path) if r.get("step", 0) <= state.step]
-            outputs.atomic_write_text(log.path, "".join(outputs.json.dumps(r) + "\n" for r in kept))
+            outputs.atomic_write_text(log.path, outputs.jsonl_text(kept))
         accelerator.print(f"resuming from {folder} at step {state.step}/{total_steps}")
     if recipe.tracking:
         accelerator.init_trackers("tensorboard" if "tensorboard" in recipe.tracking else recipe.name,
@@ -456,8 +456,7 @@ def write_final_artefacts(task: Task, model, output_dir: Path, recipe: Recipe, f
         (tmp / "README.md").write_text(outputs.model_card(recipe, card_metrics, n_examples, task.pipeline_tag,
                                                           recipe.model, extra))
         rows = task.example_predictions(val_predictions, raw["validation"])
-        (tmp / "predictions_validation.jsonl").write_text(
-            "".join(outputs.json.dumps(r, default=outputs._jsonable) + "\n" for r in rows))
+        (tmp / "predictions_validation.jsonl").write_text(outputs.jsonl_text(rows))
     outputs.move_files_into(output_dir / ".final", output_dir)
     shutil.rmtree(output_dir / ".final", ignore_errors=True)
     history = outputs.read_log(output_dir / "train_log.jsonl")
