@@ -11,7 +11,8 @@ import typer
 from typer.testing import CliRunner
 
 import adapt.train
-from adapt.cli import FLAG_KEYS, app
+from adapt.cli import app
+from adapt.recipe import FLAG_KEYS
 
 CLICK_APP = typer.main.get_command(app)
 

@@ -32,15 +32,6 @@ def user_errors(command):
     return wrapper
 
 
-# common flags -> recipe keys
-FLAG_KEYS = {
-    "model": "model", "data": "data.train", "validation": "data.validation", "test": "data.test",
-    "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size", "max_steps": "train.max_steps",
-    "output_dir": "output_dir", "seed": "train.seed", "max_train_examples": "data.max_train_examples",
-    "eval_steps": "train.eval_steps", "save_steps": "train.save_steps", "grad_accum": "train.grad_accum",
-}
-
-
 @app.command()
 @user_errors
 def finetune(
@@ -66,14 +57,13 @@ def finetune(
     num_processes: Annotated[int, typer.Option(help="Train on N processes (relaunches itself with `accelerate launch`).")] = 1,
 ) -> None:
     """Fine-tune a pretrained model with a recipe."""
-    from adapt.recipe import parse_overrides, resolve_recipe
+    from adapt.recipe import resolve_with_flags
 
     flags = {"model": model, "data": data, "validation": validation, "test": test, "epochs": epochs, "lr": lr,
              "batch_size": batch_size, "grad_accum": grad_accum, "max_steps": max_steps,
              "max_train_examples": max_train_examples, "eval_steps": eval_steps, "save_steps": save_steps,
              "output_dir": output_dir, "seed": seed}
-    pairs = [(FLAG_KEYS[k], v) for k, v in flags.items() if v is not None] + parse_overrides(list(overrides or []))
-    resolved = resolve_recipe(recipe, pairs)
+    resolved = resolve_with_flags(recipe, flags, overrides)
     if num_processes > 1:
         from adapt.launch import relaunch
 

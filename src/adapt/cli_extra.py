@@ -20,11 +20,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the report as JS
 
 def _recipe(name: str, overrides: list[str] | None, **flags: Any):
     """The recipe exactly as `adapt finetune` resolves it from the same flags and overrides."""
-    from adapt.cli import FLAG_KEYS
-    from adapt.recipe import parse_overrides, resolve_recipe
+    from adapt.recipe import resolve_with_flags
 
-    pairs = [(FLAG_KEYS[k], v) for k, v in flags.items() if v is not None]
-    return resolve_recipe(name, pairs + parse_overrides(list(overrides or [])))
+    return resolve_with_flags(name, flags, overrides)
 
 
 def _print_json(report: dict) -> None:

@@ -35,7 +35,7 @@ def time_training_steps(task, model, weights, optimizer, accelerator, features, 
     """Run `steps` + 1 real optimizer steps on the run's first batches, with the loop's own gradient
     code; the first warms caches and allocators and is not timed. Returns seconds per padded token
     (forward+backward) and per optimizer update."""
-    from adapt.train import accumulate_gradients
+    from adapt.train import accumulate_gradients, apply_update
 
     lengths = features["length"]
     groups = [plan[i:i + grad_accum] for i in range(0, len(plan), grad_accum)][: steps + 1]
@@ -47,12 +47,7 @@ def time_training_steps(task, model, weights, optimizer, accelerator, features, 
         t0 = time.perf_counter()
         accumulate_gradients(task, model, batches, accelerator)
         t1 = time.perf_counter()
-        weights.grads_to_master()
-        if max_grad_norm:
-            torch.nn.utils.clip_grad_norm_([p for _, p in weights.named_parameters()], max_grad_norm)
-        optimizer.step()
-        weights.master_to_model()
-        optimizer.zero_grad(set_to_none=True)
+        apply_update(model, weights, optimizer, accelerator, max_grad_norm)
         t2 = time.perf_counter()
         if step > 0:
             compute_seconds += t1 - t0

@@ -85,7 +85,7 @@ class JsonlLog:
     def write(self, record: dict) -> None:
         if self.enabled:
             with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record, default=_jsonable) + "\n")
+                handle.write(jsonl_text([record]))
 
 
 def read_log(path: Path) -> list[dict]:

@@ -188,3 +188,18 @@ def recipe_from_dict(raw: dict[str, Any], source: str) -> Recipe:
 
 def recipe_to_yaml(recipe: Recipe) -> str:
     return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+
+
+# command-line flags shared by finetune, data inspect and estimate -> recipe keys
+FLAG_KEYS = {
+    "model": "model", "data": "data.train", "validation": "data.validation", "test": "data.test",
+    "epochs": "train.epochs", "lr": "train.lr", "batch_size": "train.batch_size", "max_steps": "train.max_steps",
+    "output_dir": "output_dir", "seed": "train.seed", "max_train_examples": "data.max_train_examples",
+    "eval_steps": "train.eval_steps", "save_steps": "train.save_steps", "grad_accum": "train.grad_accum",
+}
+
+
+def resolve_with_flags(name_or_path: str, flags: dict[str, Any], overrides: list[str] | None) -> Recipe:
+    """A recipe with the set command-line flags applied, then the `key=value` overrides (which win)."""
+    pairs = [(FLAG_KEYS[k], v) for k, v in flags.items() if v is not None]
+    return resolve_recipe(name_or_path, pairs + parse_overrides(list(overrides or [])))

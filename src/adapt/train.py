@@ -174,6 +174,20 @@ def accumulate_gradients(task: Task, model, micro_batches: list[dict], accelerat
     return loss_total, targets, samples, tokens
 
 
+def apply_update(model, weights: TrainableWeights, optimizer, accelerator: Accelerator, max_grad_norm: float | None) -> None:
+    """One optimizer update from the accumulated gradients: onto the masters, clipped, stepped, and the
+    model's weights refreshed."""
+    weights.grads_to_master()
+    if max_grad_norm:
+        if weights.master:  # the gradients now live on the fp32 masters, outside the (DDP) model
+            torch.nn.utils.clip_grad_norm_([p for _, p in weights.named_parameters()], max_grad_norm)
+        else:
+            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    weights.master_to_model()
+    optimizer.zero_grad(set_to_none=True)
+
+
 # ---- evaluation -----------------------------------------------------------------------------------
 def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Accelerator, batch_size: int) -> list[dict]:
     """Batched prediction over a split, sharded over processes and gathered so every example counts
@@ -364,16 +378,8 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
                 window["tokens"] += tokens
                 # every process holds the global target count; count it once in the cross-process sum
                 window["targets"] += targets / world
-                weights.grads_to_master()
-                if cfg.max_grad_norm:
-                    if weights.master:
-                        torch.nn.utils.clip_grad_norm_(list(weights.params.values()), cfg.max_grad_norm)
-                    else:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                weights.master_to_model()
+                apply_update(model, weights, optimizer, accelerator, cfg.max_grad_norm)
                 scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 state.micro_step += len(window_batches)
                 state.train_seconds += time.perf_counter() - t_step
