@@ -175,13 +175,19 @@ def test_metric_gathers_shards_once(monkeypatch):
     assert calls == [["a", "b"], ["a", "a"]]
 
 
-def test_classification_equals_sklearn_averages():
-    from sklearn.metrics import f1_score, precision_score, recall_score
+@pytest.mark.parametrize("preds, refs", [
+    (["x", "z", "z", "y", "y", "x", "x", "w"], ["x", "y", "z", "x", "y", "x", "z", "z"]),  # 'w' only predicted
+    ([1, 1, 1, 1], [0, 1, 0, 1]),  # one class predicted: Matthews undefined -> 0
+    ([0, 1, 1, 0, 1, 0, 0], [0, 1, 0, 0, 1, 1, 0]),
+])
+def test_classification_equals_sklearn(preds, refs):
+    from sklearn.metrics import f1_score, matthews_corrcoef, precision_score, recall_score
 
-    refs = ["x", "y", "z", "x", "y", "x", "z", "z"]
-    preds = ["x", "z", "z", "y", "y", "x", "x", "w"]  # 'w' only predicted
     scores = classification_scores(preds, refs)
     for average in ("macro", "micro", "weighted"):
         assert scores[f"f1_{average}"] == pytest.approx(f1_score(refs, preds, average=average, zero_division=0))
     assert scores["precision_macro"] == pytest.approx(precision_score(refs, preds, average="macro", zero_division=0))
     assert scores["recall_macro"] == pytest.approx(recall_score(refs, preds, average="macro", zero_division=0))
+    assert scores["matthews"] == pytest.approx(matthews_corrcoef(refs, preds))
+    per_class = f1_score(refs, preds, average=None, zero_division=0, labels=sorted(set(preds) | set(refs), key=str))
+    assert list(scores["f1_per_class"].values()) == pytest.approx(list(per_class))

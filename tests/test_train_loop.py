@@ -106,6 +106,18 @@ def test_best_checkpoint_replaces_later_weights(tiny_bert, sentiment_csv, tmp_pa
     assert any(not torch.equal(saved[k], last[k]) for k in last)
 
 
+def test_eval_on_start_scores_the_untrained_model_as_a_baseline_only(tiny_bert, sentiment_csv, tmp_path):
+    # with a metric that never changes, the first evaluation would be the best; step 0 must not count
+    final = run_tiny_finetune(tiny_bert, sentiment_csv, tmp_path / "run", tmp_path / "cache",
+                              [("train.eval_on_start", True), ("train.metric_for_best", "examples")])
+    evals = [r for r in read_log(tmp_path / "run") if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [0, 2, 4, 6]
+    assert final["initial_validation"] == {k: v for k, v in evals[0].items() if k not in ("kind", "step")}
+    assert final["best_step"] == 2
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["initial_validation"]["examples"] == 4
+
+
 def test_same_seed_gives_identical_runs(tiny_run, tiny_bert, sentiment_csv_shared, tmp_path):
     first_dir, first = tiny_run
     second = run_tiny_finetune(tiny_bert, sentiment_csv_shared, tmp_path / "again", tmp_path / "cache")

@@ -134,8 +134,13 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def scalar_metrics(metrics: dict) -> dict[str, float]:
+    """The scalar entries of a metrics dict (per-class tables and reports left out)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def model_card(recipe, metrics: dict, n_examples: dict, pipeline_tag: str, base_model: str, extra: dict) -> str:
-    scalar = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    scalar = scalar_metrics(metrics)
     rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in scalar.items())
     t = recipe.train
     hyper = {

@@ -58,6 +58,8 @@ class TrainConfig(Strict):
     max_grad_norm: float | None = Field(1.0, gt=0)
     max_length: int = Field(128, ge=8)
     eval_steps: int | None = Field(None, ge=1, description="evaluate every N steps (and always at the end)")
+    eval_on_start: bool = Field(False, description="also score the untrained model first: the baseline, "
+                                                   "reported as initial_validation")
     save_steps: int | None = Field(None, ge=1, description="checkpoint every N steps (and at the end)")
     save_total_limit: int = Field(2, ge=1, description="keep the last K step checkpoints")
     metric_for_best: str | None = Field(None, description="metric picking the best checkpoint; task default")

@@ -46,6 +46,8 @@ def summary_table(recipe, final: dict, output_dir: Path, metric: str) -> Table:
     table = Table(title=f"adapt finetune: {recipe.name}", show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("value", justify="right")
+    if metric in final.get("initial_validation", {}):
+        table.add_row(f"before training: validation {metric}", _fmt(final["initial_validation"][metric]))
     for split in ("validation", "test"):
         for key, value in final.get(split, {}).items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):

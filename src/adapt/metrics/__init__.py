@@ -1,22 +1,27 @@
-"""Offline, exact evaluation metrics: pure functions on predictions/references and an accumulating Metric."""
+"""Offline, exact evaluation metrics: pure functions on predictions/references and an accumulating Metric.
 
-from adapt.metrics.accumulate import Metric, load
-from adapt.metrics.classification import classification_scores
-from adapt.metrics.generation import bleu_score, chrf_score, rouge_scores
-from adapt.metrics.perplexity import model_perplexity, perplexity_from_nll
-from adapt.metrics.sequence import seqeval_scores
-from adapt.metrics.squad import squad_scores, squad_v2_scores
+Names resolve on first use, so a run imports only the metric libraries its task needs."""
 
-__all__ = [
-    "Metric",
-    "bleu_score",
-    "chrf_score",
-    "classification_scores",
-    "load",
-    "model_perplexity",
-    "perplexity_from_nll",
-    "rouge_scores",
-    "seqeval_scores",
-    "squad_scores",
-    "squad_v2_scores",
-]
+from importlib import import_module
+
+_HOMES = {
+    "Metric": "accumulate",
+    "load": "accumulate",
+    "classification_scores": "classification",
+    "bleu_score": "generation",
+    "chrf_score": "generation",
+    "rouge_scores": "generation",
+    "model_perplexity": "perplexity",
+    "perplexity_from_nll": "perplexity",
+    "seqeval_scores": "sequence",
+    "squad_scores": "squad",
+    "squad_v2_scores": "squad",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'adapt.metrics' has no attribute '{name}'")
+    return getattr(import_module(f"adapt.metrics.{_HOMES[name]}"), name)
