@@ -115,6 +115,14 @@ def finetune_command(bench: Benchmark, sources: dict[str, str], run_dir: Path) -
     return command + bench.overrides + ["tracking=[]"]
 
 
+def display_command(command: list[str], data_dir: Path, data_arg: str) -> str:
+    """The command as a user types it in the repository: `adapt ...`, paths relative to the checkout and
+    the data folder as given on the command line."""
+    root, data = f"{ROOT}/", str(data_dir)
+    shown = [arg.replace(data, data_arg.rstrip("/")).replace(root, "") for arg in command[3:]]
+    return shlex.join(["adapt", *shown])
+
+
 # ---- running ---------------------------------------------------------------------------------------
 def run_benchmark(bench: Benchmark, sources: dict[str, str], runs_dir: Path, out: Path) -> dict:
     run_dir = runs_dir / bench.name
@@ -181,7 +189,8 @@ def results_markdown(rows: list[tuple[Benchmark, str, dict]], data_dir: Path) ->
             f"{_number(m.get('initial_validation', {}).get(result['metric']))} | "
             f"{_number(result['test_value'])} | {bench.reference} |"
         )
-    lines += ["", "## Commands", ""]
+    total = sum(result.get("wall_seconds", 0.0) for _, _, result in rows)
+    lines += ["", f"All runs together: {format_duration(total)}.", "", "## Commands", ""]
     for bench, _, result in rows:
         if "command" in result:
             lines.append(f"- `{bench.name}`: `{result['command']}`")
@@ -256,7 +265,7 @@ def main() -> int:
             print(shlex.join(command))
             continue
         result = run_benchmark(bench, sources, runs_dir, out)
-        result["command"] = shlex.join(["adapt", *command[3:]])
+        result["command"] = display_command(command, data_dir, args.data)
         rows.append((bench, model, result))
     if args.dry_run:
         return 0

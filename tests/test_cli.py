@@ -128,3 +128,14 @@ def test_predict_reads_a_file_and_prints_a_table(tiny_run, tmp_path):
     assert "great film" in result.stdout and "awful film" in result.stdout
     bad = CliRunner().invoke(app, ["predict", "--model", str(run_dir), "--format", "xml", "hello"])
     assert bad.exit_code == 2 and bad.stderr.strip().endswith("--format must be jsonl or table, not 'xml'")
+
+
+def test_prediction_table_shows_each_task_input_as_text():
+    from adapt.ui import display_input
+
+    assert display_input({"text": "good film"}) == "good film"
+    assert display_input({"id": "1", "question": "Who?", "context": "Ann came."}) == "Who?"
+    assert display_input({"source": "A man in a hat."}) == "A man in a hat."
+    assert display_input({"prompt": "ROMEO:"}) == "ROMEO:"
+    assert display_input({"tokens": ["Angela", "Merkel", "spoke"]}) == "Angela Merkel spoke"
+    assert display_input({"a": 1}) == "{'a': 1}"

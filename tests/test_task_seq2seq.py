@@ -119,6 +119,20 @@ def test_labels_drop_cls_pad_to_minus_100_and_shift_to_decoder_inputs(tmp_path, 
     assert truncate_keeping_end([5, 6, 7, 102], 3) == [5, 6, 102]
 
 
+def test_generated_length_counts_up_to_the_first_end_token(tmp_path, tiny_bert):
+    recipe = resolve_recipe("translate", [("model", str(tiny_bert))])
+    task = get_task(recipe)
+    task.load_tokenizer(str(tiny_bert))
+    ids = task.decoder_token_ids
+    start, eos, pad = ids["decoder_start_token_id"], ids["eos_token_id"], ids["pad_token_id"]
+    word = next(t for t in range(1000, 2000) if t not in (start, eos, pad))
+    rows = [[start, word, word, eos, eos, eos],  # beam search pads finished rows with eos
+            [start, word, eos, pad, pad, pad],
+            [start, word, word, word, word, word]]  # never ended: cut by max_new_tokens
+    predictions = task.postprocess([{"tokens": torch.tensor(r)} for r in rows], None, None)
+    assert [p["generated_tokens"] for p in predictions] == [3, 2, 5]
+
+
 def test_rouge_takes_best_reference_and_bleu_uses_reference_streams():
     scores = max_reference_rouge(["the cat sat. it slept."], [["a dog ran", "the cat sat. it slept."]])
     assert scores["rouge1"] == pytest.approx(1.0) and scores["rougeLsum"] == pytest.approx(1.0)

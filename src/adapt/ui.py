@@ -69,12 +69,22 @@ def recipes_listing(rows: list[tuple[str, ...]]) -> str:
     return "\n".join(lines)
 
 
+def display_input(given: dict) -> str:
+    """The part of a prediction's input a person recognises: its text, question, source or prompt."""
+    for key in ("text", "question", "source", "prompt"):
+        if isinstance(given.get(key), str):
+            return given[key]
+    if isinstance(given.get("tokens"), list):
+        return " ".join(map(str, given["tokens"]))
+    return str(given)
+
+
 def prediction_table(records: list[dict]) -> Table:
     table = Table(header_style="bold")
     table.add_column("input", overflow="fold", max_width=60)
     table.add_column("prediction", overflow="fold")
     for record in records:
         shown = {k: v for k, v in record.items() if k != "input"}
-        text = record["input"].get("text") or record["input"].get("question") or str(record["input"])
+        text = display_input(record["input"])
         table.add_row(str(text), ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
     return table

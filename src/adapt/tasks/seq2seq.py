@@ -224,12 +224,15 @@ class Seq2Seq(Task):
         return {"tokens": tokens}
 
     def postprocess(self, outputs: list[dict[str, Any]], features: Dataset, raw: Dataset) -> list[dict[str, Any]]:
-        pad = self.decoder_token_ids["pad_token_id"]
+        pad, eos = self.decoder_token_ids["pad_token_id"], self.decoder_token_ids["eos_token_id"]
         predictions = []
         for record in outputs:
             tokens = [int(t) for t in record["tokens"]]
             text = self.tokenizer.decode(tokens, skip_special_tokens=True, clean_up_tokenization_spaces=True)
-            length = sum(t != pad for t in tokens[1:])  # tokens[0] is the decoder start token
+            generated = tokens[1:]  # tokens[0] is the decoder start token
+            if eos in generated:  # a batch's shorter outputs are padded after their end, by pad or by eos
+                generated = generated[:generated.index(eos) + 1]
+            length = sum(t != pad for t in generated)
             predictions.append({"generated_text": text.strip(), "generated_tokens": length})
         return predictions
 
