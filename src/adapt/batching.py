@@ -15,6 +15,12 @@ from datasets import Dataset
 MEGABATCH_FACTOR = 16
 
 
+def example_lengths(features: Dataset) -> list[int]:
+    """The features' token counts as a plain list: the batch planners index it per example, and per-item
+    access to an Arrow column costs ~35 us (0.45 s per evaluation of 1.7k examples)."""
+    return features["length"][:]
+
+
 def global_batches(lengths: list[int], global_batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
     """The epoch's batches as lists of example indices; a pure function of (seed, epoch) so that a
     resumed run replays exactly the same order."""

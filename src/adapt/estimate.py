@@ -37,7 +37,7 @@ def time_training_steps(task, model, weights, optimizer, accelerator, features, 
     (forward+backward) and per optimizer update."""
     from adapt.train import accumulate_gradients, apply_update
 
-    lengths = features["length"][:]
+    lengths = batching.example_lengths(features)
     groups = [plan[i:i + grad_accum] for i in range(0, len(plan), grad_accum)][: steps + 1]
     compute_seconds = update_seconds = 0.0
     timed_tokens = 0
@@ -72,7 +72,7 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     set_seed(cfg.seed)
     # the same loading and cache keys as `adapt finetune`, so the run that follows reuses these features
     task, model_path, raw, features = load_task_data(recipe, accelerator)
-    train_lengths = features["train"]["length"][:]
+    train_lengths = batching.example_lengths(features["train"])
 
     steps, total_micro = batching.optimizer_steps(len(train_lengths), cfg)
     plan = batching.micro_batch_plan(train_lengths, cfg, total_micro)
@@ -98,9 +98,9 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     # evaluations: before training if asked, every eval_steps, at the last step, and the test split (the
     # best weights' validation scores are kept from their evaluation, not recomputed)
     periodic = steps // cfg.eval_steps - (steps % cfg.eval_steps == 0) if cfg.eval_steps else 0
-    eval_tokens = sum(features["validation"]["length"][:]) * (periodic + 1 + cfg.eval_on_start)
+    eval_tokens = sum(batching.example_lengths(features["validation"])) * (periodic + 1 + cfg.eval_on_start)
     if "test" in features:
-        eval_tokens += sum(features["test"]["length"][:])
+        eval_tokens += sum(batching.example_lengths(features["test"]))
     eval_seconds = eval_tokens * timing["seconds_per_padded_token"] * EVAL_COST_SHARE
     return {
         "recipe": recipe.name, "task": recipe.task, "model": recipe.model,

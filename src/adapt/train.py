@@ -199,7 +199,7 @@ def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Acc
     exactly once; returns one prediction per raw example on every process."""
     was_training = model.training
     model.eval()
-    lengths = features["length"][:]  # a plain list: per-item access to an Arrow column is slow
+    lengths = batching.example_lengths(features)
     mine = batching.eval_order(lengths, accelerator.process_index, accelerator.num_processes)
     plan = batching.eval_batches(mine, lengths, batch_size, max_tokens=batch_size * 128)
     records = []
@@ -314,23 +314,29 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         accelerator.wait_for_everyone()
         return target
 
-    best_validation: list = []  # (metrics, predictions) of the best evaluation this process ran, if any
+    best_validation = None  # (metrics, predictions) of the best evaluation this process ran, if any
 
-    def run_eval() -> bool:
-        """Evaluate, log, keep the best weights; True when early stopping says stop."""
+    def evaluate_and_log() -> tuple[dict, list[dict]]:
+        """Score the validation split and record it at the current step (log file, history, trackers)."""
         metrics, predictions = evaluate(task, model, features["validation"], raw["validation"], accelerator, cfg.eval_batch_size)
-        value = metrics.get(metric_name)
-        if value is None:
-            raise AdaptError(f"train.metric_for_best '{metric_name}' is not a metric of task '{task.name}' "
-                             f"(metrics: {', '.join(outputs.scalar_metrics(metrics))})")
         record = {"kind": "eval", "step": state.step, **outputs.scalar_metrics(metrics)}
         log.write(record)
         state.history.append(record)
         accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("kind", "step")}, step=state.step)
+        return metrics, predictions
+
+    def run_eval() -> bool:
+        """Evaluate, log, keep the best weights; True when early stopping says stop."""
+        nonlocal best_validation
+        metrics, predictions = evaluate_and_log()
+        value = metrics.get(metric_name)
+        if value is None:
+            raise AdaptError(f"train.metric_for_best '{metric_name}' is not a metric of task '{task.name}' "
+                             f"(metrics: {', '.join(outputs.scalar_metrics(metrics))})")
         improved = state.best_metric is None or (value > state.best_metric if greater else value < state.best_metric)
         if improved:
             state.best_metric, state.best_step, state.evals_without_improvement = float(value), state.step, 0
-            best_validation[:] = [(metrics, predictions)]
+            best_validation = (metrics, predictions)
             if is_main:
                 with outputs.AtomicDir(checkpoint_dir / BEST) as tmp:
                     from safetensors.torch import save_file
@@ -361,7 +367,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     def micro_batches():
         """The data stream from the current position, across epoch boundaries."""
         m = state.micro_step
-        lengths = features["train"]["length"][:]
+        lengths = batching.example_lengths(features["train"])
         while m < total_micro:
             epoch, offset = divmod(m, micro_per_epoch)
             plan = batching.global_batches(lengths, micro_batch_size, cfg.seed, epoch, cfg.group_by_length)
@@ -373,12 +379,8 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
                     return
 
     stream = micro_batches()
-    if cfg.eval_on_start and state.step == 0:
-        initial, _ = evaluate(task, model, features["validation"], raw["validation"], accelerator, cfg.eval_batch_size)
-        record = {"kind": "eval", "step": 0, **outputs.scalar_metrics(initial)}
-        log.write(record)
-        state.history.append(record)
-        accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("kind", "step")}, step=0)
+    if cfg.eval_on_start and state.step == 0:  # the untrained baseline: logged, never the best
+        evaluate_and_log()
     try:
         with progress:
             bar = progress.add_task("training", total=total_steps, completed=state.step, status="")
@@ -437,12 +439,12 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
 
     # -- final artefacts: best weights, test scores, model card --
     best_file = checkpoint_dir / BEST / "model.safetensors"
-    if best_file.exists() and not (best_validation and state.best_step == state.step):  # else: already loaded
+    if best_file.exists() and state.best_step != state.step:  # else the model already holds them
         accelerator.wait_for_everyone()
         weights.load(best_file)
     final = {"best_step": state.best_step, f"best_{metric_name}": state.best_metric}
     if best_validation:  # the best weights were scored in this process: the same model, the same numbers
-        validation_metrics, val_predictions = best_validation[0]
+        validation_metrics, val_predictions = best_validation
     else:  # best weights from before a resume
         validation_metrics, val_predictions = evaluate(task, model, features["validation"], raw["validation"],
                                                        accelerator, cfg.eval_batch_size)

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from adapt.outputs import scalar_metrics
+
 console = Console(stderr=False)
 error_console = Console(stderr=True)
 
@@ -49,10 +51,9 @@ def summary_table(recipe, final: dict, output_dir: Path, metric: str) -> Table:
     if metric in final.get("initial_validation", {}):
         table.add_row(f"before training: validation {metric}", _fmt(final["initial_validation"][metric]))
     for split in ("validation", "test"):
-        for key, value in final.get(split, {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                style = "bold green" if key == metric else None
-                table.add_row(f"{split} {key}", _fmt(value), style=style)
+        for key, value in scalar_metrics(final.get(split, {})).items():
+            style = "bold green" if key == metric else None
+            table.add_row(f"{split} {key}", _fmt(value), style=style)
     for key in ("train_steps", "train_samples", "train_seconds", "train_samples_per_s", "train_tokens_per_s",
                 "trainable_params", "mixed_precision", "best_step"):
         table.add_row(key.replace("_", " "), _fmt(final.get(key)))
