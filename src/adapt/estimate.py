@@ -63,7 +63,7 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from adapt.precision import TrainableWeights
-    from adapt.train import build_optimizer, load_task_data, make_accelerator, mixed_precision_mode
+    from adapt.train import build_optimizer, build_training_model, load_task_data, make_accelerator, mixed_precision_mode
 
     cfg = recipe.train
     AcceleratorState._reset_state()
@@ -79,13 +79,7 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     train_tokens = sum(train_lengths[i] for batch in plan for i in batch)
     train_padded = sum(padded_tokens(batch, train_lengths) for batch in plan)
 
-    model = task.build_model(model_path)
-    if recipe.peft:
-        from adapt.lora import wrap_with_peft
-
-        model = wrap_with_peft(model, recipe.peft, task.name)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = build_training_model(task, model_path, recipe)
     n_params = sum(p.numel() for p in model.parameters())
     n_non_embedding = non_embedding_params(model)
     weights = TrainableWeights(model.to(accelerator.device), master=precision == "bf16-master")

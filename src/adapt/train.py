@@ -19,7 +19,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from datasets import Dataset
 
-from adapt import assets, batching, checkpoint, data, outputs
+from adapt import assets, batching, checkpoint, data, outputs, padding_free
 from adapt.errors import AdaptError
 from adapt.precision import TrainableWeights
 from adapt.recipe import Recipe, recipe_to_yaml
@@ -119,6 +119,21 @@ def load_task_data(recipe: Recipe, accelerator: Accelerator) -> tuple[Task, str,
     task.load_tokenizer(tokenizer_path)
     raw = task.load_splits()
     return task, model_path, raw, featurize_splits(task, raw, tokenizer_path, accelerator)
+
+
+def build_training_model(task: Task, model_path: str, recipe: Recipe):
+    """The model a run trains: pretrained weights with the padding-free forward where the architecture has
+    one, LoRA (or another peft method) if the recipe asks, gradient checkpointing if asked."""
+    model = task.build_model(model_path)
+    if recipe.train.padding_free:
+        padding_free.install(model, first_token_only=task.first_token_only)
+    if recipe.peft:
+        from adapt.lora import wrap_with_peft
+
+        model = wrap_with_peft(model, recipe.peft, task.name)
+    if recipe.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def build_optimizer(named_parameters, recipe: Recipe) -> torch.optim.Optimizer:
@@ -254,13 +269,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         outputs.atomic_write_text(output_dir / "recipe.yaml", recipe_to_yaml(recipe))
     accelerator.wait_for_everyone()
 
-    model = task.build_model(model_path)
-    if recipe.peft:
-        from adapt.lora import wrap_with_peft
-
-        model = wrap_with_peft(model, recipe.peft, task.name)
-    if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = build_training_model(task, model_path, recipe)
     if cfg.compile:
         model = torch.compile(model, dynamic=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -34,6 +34,9 @@ class Task:
     auto_class: ClassVar[str]  # the transformers Auto class that loads this task's models
     # raw column used to split train/validation by group (e.g. SQuAD articles); None = by example
     group_column: ClassVar[str | None] = None
+    # the model head reads only the first token's final state (sequence classification): encoders with a
+    # padding-free forward then compute nothing else in their last layer
+    first_token_only: ClassVar[bool] = False
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe

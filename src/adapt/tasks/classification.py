@@ -18,6 +18,7 @@ class SequenceClassification(Task):
     default_metric = "accuracy"
     pipeline_tag = "text-classification"
     auto_class = "AutoModelForSequenceClassification"
+    first_token_only = True
 
     label_names: list[str]
 

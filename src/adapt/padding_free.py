@@ -1,0 +1,139 @@
+"""A padding-free forward for BERT-family encoders (BERT, MiniLM, ...), installed on a loaded
+transformers model without changing its weights, classes or saved files.
+
+Dynamic padding still leaves ~12% pad tokens in length-grouped SST-2 batches, and transformers runs every
+linear layer, norm, activation and dropout on them. Here those run on the real tokens only (packed into
+one [tokens, hidden] matrix); only attention sees the padded [batch, heads, length, length] layout. For
+sequence classification, which reads nothing but the first token's final state, the last layer computes
+queries, attention output and feed-forward for that token alone. On CPUs dropout draws 64 random bits per
+four elements instead of one Bernoulli draw per element (the latter was ~10% of a MiniLM training step).
+
+The numbers are those of the transformers forward (tests compare logits and gradients); anything this
+path does not cover (decoder use, caches, requested attentions or hidden states, gradient checkpointing,
+left padding with first-token-only) goes to the original forward."""
+
+from __future__ import annotations
+
+import types
+
+import torch
+import torch.nn.functional as F
+from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+SUPPORTED_MODEL_TYPES = ("bert",)
+
+
+def install(model: torch.nn.Module, first_token_only: bool = False) -> bool:
+    """Route `model`'s encoder through the padding-free forward; False (and nothing changed) when the
+    architecture is not one this module implements. `first_token_only`: the task reads only the first
+    token's final hidden state (and the pooler on it), as sequence classification heads do."""
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES or config.is_decoder:
+        return False
+    encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    if encoder is None or not hasattr(encoder, "embeddings") or hasattr(encoder, "_padded_forward"):
+        return False
+    encoder._padded_forward = encoder.forward
+    encoder._first_token_only = first_token_only
+    encoder.forward = types.MethodType(padding_free_forward, encoder)
+    return True
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`F.dropout` that drops with probability round(p * 2^16) / 2^16 (within 8e-6 of p). CPU Bernoulli
+    sampling costs ~8 ns per element; here one 64-bit draw gives four elements 16 random bits each."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1).view(torch.int16)[:n]
+    keep = bits >= round(p * 2**16) - 2**15
+    return torch.where(keep.view(x.shape), x, 0) * (1.0 / (1.0 - p))
+
+
+def padding_free_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                         inputs_embeds=None, **kwargs):
+    """Replacement for BertModel.forward (bound to the model's encoder by `install`)."""
+    unsupported = (inputs_embeds is not None or input_ids is None or self.gradient_checkpointing
+                   or any(v is not None and v is not False for k, v in kwargs.items() if k != "return_dict"))
+    if attention_mask is None and input_ids is not None:
+        attention_mask = torch.ones_like(input_ids)
+    first_token_only = self._first_token_only
+    if not unsupported and first_token_only and not bool(attention_mask[:, 0].all()):
+        unsupported = True  # left padding: position 0 is a pad, which this path does not compute
+    if unsupported:
+        return self._padded_forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                    position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+
+    batch, length = input_ids.shape
+    real = attention_mask.reshape(-1).bool()
+    token_index = real.nonzero().squeeze(1)  # positions of the real tokens in the flattened batch
+    if position_ids is None:
+        position_ids = torch.arange(length, device=input_ids.device)
+    positions = position_ids.expand(batch, length).reshape(-1)[token_index]
+
+    emb = self.embeddings
+    hidden = emb.word_embeddings(input_ids.reshape(-1)[token_index])
+    if token_type_ids is None:
+        hidden = hidden + emb.token_type_embeddings.weight[0].to(hidden.dtype)
+    else:
+        hidden = hidden + emb.token_type_embeddings(token_type_ids.reshape(-1)[token_index])
+    hidden = hidden + emb.position_embeddings(positions)
+    hidden = dropout(emb.LayerNorm(hidden), emb.dropout.p, self.training)
+
+    # additive key mask, shaped for [batch, heads, queries, keys] scores
+    key_bias = torch.zeros(batch, 1, 1, length, dtype=hidden.dtype, device=hidden.device)
+    key_bias = key_bias.masked_fill(~attention_mask.bool().view(batch, 1, 1, length), torch.finfo(hidden.dtype).min)
+    *layers, last = self.encoder.layer
+    for layer in layers:
+        hidden = layer_forward(layer, hidden, token_index, key_bias, batch, length, None, self.training)
+    first_tokens = None
+    if first_token_only:  # row b's first token follows the real tokens of rows 0..b-1 in the packed order
+        row_tokens = attention_mask.sum(1)
+        first_tokens = row_tokens.cumsum(0) - row_tokens
+    hidden = layer_forward(last, hidden, token_index, key_bias, batch, length, first_tokens, self.training)
+
+    if first_token_only:
+        sequence_output = hidden.unsqueeze(1)  # [batch, 1, hidden]: the first token's final state
+    else:
+        sequence_output = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy(0, token_index, hidden)
+        sequence_output = sequence_output.view(batch, length, -1)
+    pooled = self.pooler(sequence_output) if self.pooler is not None else None
+    return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=sequence_output, pooler_output=pooled)
+
+
+def layer_forward(layer, hidden: torch.Tensor, token_index: torch.Tensor, key_bias: torch.Tensor, batch: int,
+                  length: int, query_rows: torch.Tensor | None, training: bool) -> torch.Tensor:
+    """One BertLayer on packed [tokens, hidden] states. `query_rows`: compute the output for these token
+    rows only (keys and values still come from every token)."""
+    attention = layer.attention.self
+    heads, head_size = attention.num_attention_heads, attention.attention_head_size
+
+    def to_heads(x: torch.Tensor) -> torch.Tensor:  # packed [tokens, hidden] -> padded [batch, heads, length, head]
+        padded = x.new_zeros(batch * length, x.shape[-1]).index_copy(0, token_index, x)
+        return padded.view(batch, length, heads, head_size).transpose(1, 2)
+
+    residual = hidden if query_rows is None else hidden[query_rows]
+    keys, values = to_heads(attention.key(hidden)), to_heads(attention.value(hidden))
+    if query_rows is None:
+        queries = to_heads(attention.query(hidden))
+    else:
+        queries = attention.query(residual).view(batch, 1, heads, head_size).transpose(1, 2)
+    p = attention.dropout.p if training else 0.0
+    if p and hidden.device.type == "cpu":
+        scores = torch.matmul(queries, keys.transpose(2, 3)) * attention.scaling + key_bias
+        probs = dropout(scores.softmax(-1), p, True)
+        context = torch.matmul(probs, values)
+    else:
+        context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=key_bias, dropout_p=p,
+                                                 scale=attention.scaling)
+    context = context.transpose(1, 2).reshape(-1, heads * head_size)
+    if query_rows is None:
+        context = context.index_select(0, token_index)
+
+    out = layer.attention.output
+    hidden = out.LayerNorm(dropout(out.dense(context), out.dropout.p, training) + residual)
+    intermediate = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
+    out = layer.output
+    return out.LayerNorm(dropout(out.dense(intermediate), out.dropout.p, training) + hidden)

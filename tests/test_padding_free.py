@@ -1,0 +1,125 @@
+"""The padding-free BERT forward computes what transformers' forward computes: logits and gradients on
+ragged batches for every encoder head adapt uses, the fallbacks, and the CPU dropout's statistics."""
+
+import pytest
+import torch
+from transformers import (BertConfig, BertForQuestionAnswering, BertForSequenceClassification,
+                          BertForTokenClassification, LlamaConfig, LlamaForCausalLM)
+
+from adapt import padding_free
+
+
+def tiny_config(num_labels: int = 3) -> BertConfig:
+    return BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+                      max_position_embeddings=32, num_labels=num_labels, hidden_dropout_prob=0.0,
+                      attention_probs_dropout_prob=0.0)
+
+
+def twin_models(head, first_token_only: bool):
+    """The same random weights twice: transformers' forward, and the padding-free one."""
+    torch.manual_seed(0)
+    labels = 2 if head is BertForQuestionAnswering else 3  # QA heads score start and end
+    reference = head(tiny_config(labels))
+    fast = head(tiny_config(labels))
+    fast.load_state_dict(reference.state_dict())
+    assert padding_free.install(fast, first_token_only=first_token_only)
+    return reference, fast
+
+
+def ragged_batch(with_token_types: bool) -> dict[str, torch.Tensor]:
+    torch.manual_seed(1)
+    lengths = [9, 4, 1, 6]
+    ids = torch.randint(1, 120, (len(lengths), max(lengths)))
+    mask = torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths])
+    batch = {"input_ids": ids * mask, "attention_mask": mask}
+    if with_token_types:
+        batch["token_type_ids"] = torch.tensor([[0] * (n // 2) + [1] * (max(lengths) - n // 2) for n in lengths]) * mask
+    return batch
+
+
+def outputs_on_real_tokens(out, mask: torch.Tensor) -> list[torch.Tensor]:
+    if hasattr(out, "start_logits"):
+        return [out.start_logits[mask.bool()], out.end_logits[mask.bool()]]
+    logits = out.logits
+    return [logits[mask.bool()] if logits.dim() == 3 else logits]
+
+
+@pytest.mark.parametrize("head,first_token_only", [
+    (BertForSequenceClassification, True), (BertForSequenceClassification, False),
+    (BertForTokenClassification, False), (BertForQuestionAnswering, False)])
+@pytest.mark.parametrize("with_token_types", [False, True])
+def test_same_outputs_and_gradients_as_transformers(head, first_token_only, with_token_types):
+    reference, fast = twin_models(head, first_token_only)
+    batch = ragged_batch(with_token_types)
+    for model in (reference, fast):
+        model.train()  # dropout is 0: training mode must agree too
+    expected = outputs_on_real_tokens(reference(**batch), batch["attention_mask"])
+    actual = outputs_on_real_tokens(fast(**batch), batch["attention_mask"])
+    for e, a in zip(expected, actual):
+        assert a.shape == e.shape
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+    sum(t.square().sum() for t in expected).backward()
+    sum(t.square().sum() for t in actual).backward()
+    grads = {n: p.grad for n, p in fast.named_parameters() if p.grad is not None}
+    for name, param in reference.named_parameters():
+        if param.grad is not None and param.grad.abs().max() > 0:
+            torch.testing.assert_close(grads[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_first_token_only_skips_the_rest_of_the_last_layer():
+    _, fast = twin_models(BertForSequenceClassification, True)
+    batch = ragged_batch(False)
+    hidden = fast.bert(**batch).last_hidden_state
+    assert hidden.shape == (4, 1, 32)  # one state per row: the [CLS] position
+
+
+def test_left_padding_and_unsupported_calls_fall_back_to_transformers():
+    reference, fast = twin_models(BertForSequenceClassification, True)
+    reference.eval(), fast.eval()
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    ids = torch.randint(1, 120, (2, 5))
+    torch.testing.assert_close(fast(input_ids=ids, attention_mask=mask).logits,
+                               reference(input_ids=ids, attention_mask=mask).logits)
+    out = fast.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    assert len(out.hidden_states) == 4  # embeddings + 3 layers: transformers' own forward answered
+
+
+def test_install_only_on_supported_encoders_and_once():
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                         num_attention_heads=4, num_key_value_heads=4))
+    forward = llama.model.forward
+    assert padding_free.install(llama) is False
+    assert llama.model.forward == forward
+    _, fast = twin_models(BertForTokenClassification, False)
+    assert padding_free.install(fast) is False  # already installed
+
+
+def test_installed_model_saves_the_standard_weights(tmp_path):
+    reference, fast = twin_models(BertForSequenceClassification, True)
+    fast.save_pretrained(tmp_path)
+    loaded = BertForSequenceClassification.from_pretrained(tmp_path)
+    assert set(loaded.state_dict()) == set(reference.state_dict())
+
+
+def test_cpu_dropout_rate_scale_and_seed():
+    x = torch.ones(400_000, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    y = padding_free.dropout(x, 0.1, True)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.003  # 6554/65536 = 0.100006; binomial sd 0.0005
+    assert set(y.float().unique().tolist()) == {0.0, torch.tensor(1 / 0.9, dtype=torch.bfloat16).item()}
+    torch.manual_seed(3)
+    assert torch.equal(padding_free.dropout(x, 0.1, True), y)  # the global seed decides, as for F.dropout
+    assert padding_free.dropout(x, 0.1, False) is x
+    assert padding_free.dropout(x, 0.0, True) is x
+    odd = torch.ones(3, 5)  # not a multiple of four elements
+    assert padding_free.dropout(odd, 0.5, True).shape == (3, 5)
+
+
+def test_dropout_gradient_matches_its_mask():
+    torch.manual_seed(4)
+    x = torch.randn(6, 8, requires_grad=True)
+    y = padding_free.dropout(x, 0.25, True)
+    y.sum().backward()
+    kept = y.detach() != 0
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
