@@ -1,4 +1,4 @@
-"""Writing run artefacts safely: atomic files and folders, the training log, the loss curve, the model card."""
+"""Writing run artefacts safely: atomic files and folders, the training log, the model card."""
 
 from __future__ import annotations
 
@@ -92,40 +92,6 @@ def read_log(path: Path) -> list[dict]:
     if not Path(path).exists():
         return []
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def plot_curves(log: list[dict], path: Path, metric: str | None, title: str) -> None:
-    """Training loss (and the eval metric on a second axis) against optimizer steps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    train = [r for r in log if r.get("kind") == "train"]
-    evals = [r for r in log if r.get("kind") == "eval"]
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
-    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss")
-    if evals and any("loss" in r for r in evals):
-        ax.plot([r["step"] for r in evals if "loss" in r], [r["loss"] for r in evals if "loss" in r],
-                "o--", color="tab:cyan", label="eval loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.grid(alpha=0.3)
-    if metric and evals and any(metric in r for r in evals):
-        ax2 = ax.twinx()
-        points = [(r["step"], r[metric]) for r in evals if metric in r]
-        ax2.plot(*zip(*points), "s-", color="tab:orange", label=f"eval {metric}")
-        ax2.set_ylabel(metric)
-        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-        ax.legend(handles=handles, loc="center right")
-    else:
-        ax.legend(loc="upper right")
-    ax.set_title(title)
-    fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _fmt(value) -> str:

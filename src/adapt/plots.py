@@ -1,5 +1,5 @@
-"""Diagnostic PNGs: a run's confusion matrix and per-entity F1 bars, and the token-length histogram of
-`adapt data inspect`. Files are written atomically (temp file, then rename)."""
+"""Diagnostic PNGs: a run's loss curve, confusion matrix and per-entity F1 bars, and the token-length
+histogram of `adapt data inspect`. Files are written atomically (temp file, then rename)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,32 @@ def confusion_matrix_png(gold: list[str], predicted: list[str], path: Path, titl
             ax.text(col, row, str(value), ha="center", va="center",
                     color="white" if shares[row, col] > 0.5 else "black", fontsize=8)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of gold row")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def loss_curve_png(log: list[dict], path: Path, metric: str | None, title: str) -> Path:
+    """Training loss (and the eval metric on a second axis) against optimizer steps."""
+    plt = _pyplot()
+    train = [r for r in log if r.get("kind") == "train"]
+    evals = [r for r in log if r.get("kind") == "eval"]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], color="tab:blue", label="train loss")
+    if evals and any("loss" in r for r in evals):
+        ax.plot([r["step"] for r in evals if "loss" in r], [r["loss"] for r in evals if "loss" in r],
+                "o--", color="tab:cyan", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    if metric and evals and any(metric in r for r in evals):
+        ax2 = ax.twinx()
+        points = [(r["step"], r[metric]) for r in evals if metric in r]
+        ax2.plot(*zip(*points), "s-", color="tab:orange", label=f"eval {metric}")
+        ax2.set_ylabel(metric)
+        handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="center right")
+    else:
+        ax.legend(loc="upper right")
     ax.set_title(title)
     return _save(fig, path)
 

@@ -41,6 +41,11 @@ class TrainableWeights:
             self.params[name].grad = self._grad_buffers[name]
             self.model_params[name].grad = None
 
+    def release_gradients(self) -> None:
+        for param in self.params.values():
+            param.grad = None
+        self._grad_buffers = None
+
     def master_to_model(self) -> None:
         """After an optimizer step (or loading weights): refresh the bf16 model weights."""
         if self.master:

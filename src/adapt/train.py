@@ -28,6 +28,7 @@ from adapt.tasks.base import Task, set_pad_multiple
 from adapt.ui import console, summary_table, training_progress
 
 CHECKPOINTS = "checkpoints"
+CPU_EVAL_TOKENS = 4096  # padded tokens per evaluation batch on CPU
 BEST = "best"
 
 
@@ -216,7 +217,10 @@ def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Acc
     model.eval()
     lengths = batching.example_lengths(features)
     mine = batching.eval_order(lengths, accelerator.process_index, accelerator.num_processes)
-    plan = batching.eval_batches(mine, lengths, batch_size, max_tokens=batch_size * 128)
+    max_tokens = batch_size * 128
+    if accelerator.device.type == "cpu":  # CPU matmuls are at full speed by a few thousand rows; more only costs memory
+        max_tokens = min(max_tokens, CPU_EVAL_TOKENS)
+    plan = batching.eval_batches(mine, lengths, batch_size, max_tokens=max_tokens)
     records = []
     with torch.inference_mode(), accelerator.autocast():
         for batch in batching.iterate(features, plan, task.collate):
@@ -445,6 +449,10 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
                     break
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
+    # the optimizer moments and gradient buffers (4x the trainable weights in fp32) are no longer needed;
+    # freeing them here lowers the run's peak memory, which otherwise falls in the final evaluation and save
+    optimizer.state.clear()
+    weights.release_gradients()
 
     # -- final artefacts: best weights, test scores, model card --
     best_file = checkpoint_dir / BEST / "model.safetensors"
@@ -499,8 +507,8 @@ def write_final_artefacts(task: Task, model, output_dir: Path, recipe: Recipe, f
     outputs.move_files_into(output_dir / ".final", output_dir)
     shutil.rmtree(output_dir / ".final", ignore_errors=True)
     history = outputs.read_log(output_dir / "train_log.jsonl")
-    outputs.plot_curves(history, output_dir / "loss_curve.png", recipe.train.metric_for_best or task.default_metric,
-                        f"{recipe.name}: {recipe.model}")
-    from adapt.plots import write_run_plots
+    from adapt.plots import loss_curve_png, write_run_plots
 
+    loss_curve_png(history, output_dir / "loss_curve.png", recipe.train.metric_for_best or task.default_metric,
+                   f"{recipe.name}: {recipe.model}")
     write_run_plots(output_dir)
