@@ -1,7 +1,7 @@
 """The weights the optimizer updates. Usually the model's own trainable parameters; in `bf16-master` mode
 the model computes forward and backward in bf16 while the optimizer updates fp32 master copies, which
-avoids autocast's per-op casts (about 1.3x faster than bf16 autocast on AMX CPUs) without losing the
-small updates fp32 accumulation keeps."""
+avoids autocast's per-op casts (and its fp32 weight gradients) without losing the small updates fp32
+accumulation keeps."""
 
 from __future__ import annotations
 

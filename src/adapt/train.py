@@ -218,7 +218,8 @@ def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Acc
     lengths = batching.example_lengths(features)
     mine = batching.eval_order(lengths, accelerator.process_index, accelerator.num_processes)
     max_tokens = batch_size * 128
-    if accelerator.device.type == "cpu":  # CPU matmuls are at full speed by a few thousand rows; more only costs memory
+    if accelerator.device.type == "cpu" and not task.generates:
+        # a CPU forward is at full matmul speed by a few thousand rows; wider batches only cost memory
         max_tokens = min(max_tokens, CPU_EVAL_TOKENS)
     plan = batching.eval_batches(mine, lengths, batch_size, max_tokens=max_tokens)
     records = []

@@ -37,6 +37,8 @@ class Task:
     # the model head reads only the first token's final state (sequence classification): encoders with a
     # padding-free forward then compute nothing else in their last layer
     first_token_only: ClassVar[bool] = False
+    # evaluation generates text token by token, where wide batches pay more than a capped forward saves
+    generates: ClassVar[bool] = False
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe

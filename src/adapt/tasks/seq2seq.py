@@ -50,6 +50,7 @@ class Seq2Seq(Task):
     default_metric = "rougeL"
     pipeline_tag = "text2text-generation"
     auto_class = "AutoModelForSeq2SeqLM"
+    generates = True
 
     options: Seq2SeqOptions
 
