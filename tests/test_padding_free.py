@@ -84,6 +84,14 @@ def test_left_padding_and_unsupported_calls_fall_back_to_transformers():
     assert len(out.hidden_states) == 4  # embeddings + 3 layers: transformers' own forward answered
 
 
+def test_gradient_checkpointing_uses_the_transformers_forward():
+    _, fast = twin_models(BertForSequenceClassification, True)
+    fast.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    fast.train()
+    batch = ragged_batch(False)
+    assert fast.bert(**batch).last_hidden_state.shape == (4, 9, 32)  # every position: the padded forward ran
+
+
 def test_install_only_on_supported_encoders_and_once():
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=4, num_key_value_heads=4))

@@ -450,8 +450,8 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
                     break
     finally:
         signal.signal(signal.SIGINT, previous_sigint)
-    # the optimizer moments and gradient buffers (4x the trainable weights in fp32) are no longer needed;
-    # freeing them here lowers the run's peak memory, which otherwise falls in the final evaluation and save
+    # the optimizer moments and gradient buffers (4x the trainable weights in fp32) are no longer needed:
+    # the test evaluation and the save that follow run in their memory
     optimizer.state.clear()
     weights.release_gradients()
 
