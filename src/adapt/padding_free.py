@@ -39,6 +39,11 @@ def install(model: torch.nn.Module, first_token_only: bool = False) -> bool:
     return True
 
 
+def install_for_task(model: torch.nn.Module, task) -> bool:
+    """`install` as the task's recipe asks (`train.padding_free`), reading only what the task's head reads."""
+    return task.recipe.train.padding_free and install(model, first_token_only=task.first_token_only)
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """`F.dropout` that drops with probability round(p * 2^16) / 2^16 (within 8e-6 of p). CPU Bernoulli
     sampling costs ~8 ns per element; here one 64-bit draw gives four elements 16 random bits each."""
@@ -67,8 +72,8 @@ def padding_free_forward(self, input_ids=None, attention_mask=None, token_type_i
                                     position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
 
     batch, length = input_ids.shape
-    real = attention_mask.reshape(-1).bool()
-    token_index = real.nonzero().squeeze(1)  # positions of the real tokens in the flattened batch
+    real = attention_mask.bool()
+    token_index = real.reshape(-1).nonzero().squeeze(1)  # positions of the real tokens in the flattened batch
     if position_ids is None:
         position_ids = torch.arange(length, device=input_ids.device)
     positions = position_ids.expand(batch, length).reshape(-1)[token_index]
@@ -84,13 +89,13 @@ def padding_free_forward(self, input_ids=None, attention_mask=None, token_type_i
 
     # additive key mask, shaped for [batch, heads, queries, keys] scores
     key_bias = torch.zeros(batch, 1, 1, length, dtype=hidden.dtype, device=hidden.device)
-    key_bias = key_bias.masked_fill(~attention_mask.bool().view(batch, 1, 1, length), torch.finfo(hidden.dtype).min)
+    key_bias.masked_fill_(~real.view(batch, 1, 1, length), torch.finfo(hidden.dtype).min)
     *layers, last = self.encoder.layer
     for layer in layers:
         hidden = layer_forward(layer, hidden, token_index, key_bias, batch, length, None, self.training)
     first_tokens = None
     if first_token_only:  # row b's first token follows the real tokens of rows 0..b-1 in the packed order
-        row_tokens = attention_mask.sum(1)
+        row_tokens = real.sum(1)
         first_tokens = row_tokens.cumsum(0) - row_tokens
     hidden = layer_forward(last, hidden, token_index, key_bias, batch, length, first_tokens, self.training)
 

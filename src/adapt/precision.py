@@ -42,6 +42,7 @@ class TrainableWeights:
             self.model_params[name].grad = None
 
     def release_gradients(self) -> None:
+        """After the last update: drop the gradients and their fp32 buffers."""
         for param in self.params.values():
             param.grad = None
         self._grad_buffers = None

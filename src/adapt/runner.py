@@ -35,10 +35,9 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
     task = get_task(resolved)
     task.load_tokenizer(str(folder))
     model = task.load_trained(str(folder))
-    if resolved.train.padding_free:
-        from adapt import padding_free
+    from adapt import padding_free
 
-        padding_free.install(model, first_token_only=task.first_token_only)
+    padding_free.install_for_task(model, task)
     task.restore_from_model(model)
     return task, model
 

@@ -126,8 +126,7 @@ def build_training_model(task: Task, model_path: str, recipe: Recipe):
     """The model a run trains: pretrained weights with the padding-free forward where the architecture has
     one, LoRA (or another peft method) if the recipe asks, gradient checkpointing if asked."""
     model = task.build_model(model_path)
-    if recipe.train.padding_free:
-        padding_free.install(model, first_token_only=task.first_token_only)
+    padding_free.install_for_task(model, task)
     if recipe.peft:
         from adapt.lora import wrap_with_peft
 
