@@ -10,6 +10,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from adapt import runtime
 from adapt.errors import AdaptError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -177,14 +178,8 @@ app.command("runs")(user_errors(runs_command))
 
 
 def main() -> None:
-    quiet_libraries()
-    app()
-
-
-def quiet_libraries() -> None:
-    """adapt draws its own progress; the libraries' per-call bars and load reports are noise on a terminal."""
-    import os
-
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    runtime.start()
+    try:
+        app()
+    finally:
+        runtime.finish()

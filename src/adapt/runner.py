@@ -35,10 +35,11 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
     task = get_task(resolved)
     task.load_tokenizer(str(folder))
     model = task.load_trained(str(folder))
-    from adapt import padding_free
+    from adapt import padding_free, runtime
 
     padding_free.install_for_task(model, task)
     task.restore_from_model(model)
+    runtime.setup_done()
     return task, model
 
 

@@ -19,7 +19,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from datasets import Dataset
 
-from adapt import assets, batching, checkpoint, data, outputs, padding_free
+from adapt import assets, batching, checkpoint, data, outputs, padding_free, runtime
 from adapt.errors import AdaptError
 from adapt.precision import TrainableWeights
 from adapt.recipe import Recipe, recipe_to_yaml
@@ -274,6 +274,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     accelerator.wait_for_everyone()
 
     model = build_training_model(task, model_path, recipe)
+    runtime.setup_done()
     if cfg.compile:
         model = torch.compile(model, dynamic=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
