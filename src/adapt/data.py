@@ -197,3 +197,14 @@ def cached_map(key_parts: list[str], build: Callable[[], Dataset], enabled: bool
         if not (target / "dataset_info.json").exists():
             raise
     return load_from_disk(str(target)), False
+
+
+def token_ids(features: Dataset, extra: list[int] = ()) -> "torch.Tensor":
+    """The sorted distinct token ids of the features' `input_ids`, plus `extra` (e.g. special tokens)."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import torch
+
+    column = features.with_format("arrow")["input_ids"]  # honours a selection's index mapping
+    ids = pc.unique(pc.list_flatten(column)).to_numpy(zero_copy_only=False)
+    return torch.from_numpy(np.union1d(ids, np.asarray(list(extra), dtype=ids.dtype)).astype(np.int64))

@@ -62,8 +62,8 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
-    from adapt.precision import TrainableWeights
-    from adapt.train import build_optimizer, build_training_model, load_task_data, make_accelerator, mixed_precision_mode
+    from adapt.train import (build_optimizer, build_training_model, load_task_data, make_accelerator, mixed_precision_mode,
+                             trainable_weights)
 
     cfg = recipe.train
     AcceleratorState._reset_state()
@@ -82,7 +82,7 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     model = build_training_model(task, model_path, recipe)
     n_params = sum(p.numel() for p in model.parameters())
     n_non_embedding = non_embedding_params(model)
-    weights = TrainableWeights(model.to(accelerator.device), master=precision == "bf16-master")
+    weights = trainable_weights(task, model.to(accelerator.device), features["train"], precision)
     optimizer = build_optimizer(weights.named_parameters(), recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     timing = time_training_steps(task, model, weights, optimizer, accelerator, features["train"], plan, cfg.grad_accum,

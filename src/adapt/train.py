@@ -136,6 +136,13 @@ def build_training_model(task: Task, model_path: str, recipe: Recipe):
     return model
 
 
+def trainable_weights(task: Task, model, train_features: Dataset, precision: str) -> TrainableWeights:
+    """The weights the optimizer steps (the model's own, or fp32 masters in bf16-master mode), told which
+    token ids the training data feeds the model so that unused embedding rows can skip the optimizer."""
+    used = data.token_ids(train_features, extra=task.tokenizer.all_special_ids)
+    return TrainableWeights(model, master=precision == "bf16-master", used_token_ids=used)
+
+
 def build_optimizer(named_parameters, recipe: Recipe) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, param in named_parameters:
@@ -204,7 +211,7 @@ def apply_update(model, weights: TrainableWeights, optimizer, accelerator: Accel
         else:
             accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
-    weights.master_to_model()
+    weights.after_step(optimizer)
     optimizer.zero_grad(set_to_none=True)
 
 
@@ -287,7 +294,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
 
     precision = mixed_precision_mode(cfg.mixed_precision)
     # masters are made where the model lives, so the optimizer state is created on the device too
-    weights = TrainableWeights(model.to(accelerator.device), master=precision == "bf16-master")
+    weights = trainable_weights(task, model.to(accelerator.device), features["train"], precision)
     optimizer = build_optimizer(weights.named_parameters(), recipe)
     scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -332,6 +339,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
 
     def evaluate_and_log() -> tuple[dict, list[dict]]:
         """Score the validation split and record it at the current step (log file, history, trackers)."""
+        weights.sync()
         metrics, predictions = evaluate(task, model, features["validation"], raw["validation"], accelerator, cfg.eval_batch_size)
         record = {"kind": "eval", "step": state.step, **outputs.scalar_metrics(metrics)}
         log.write(record)
