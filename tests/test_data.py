@@ -277,3 +277,12 @@ def test_iterate_collates_whole_batches_with_their_indices():
     batches = list(batching.iterate(features, [[2, 0], [1]], collate))
     assert [b["index"].tolist() for b in batches] == [[2, 0], [1]]
     assert [b["n"].tolist() for b in batches] == [[3, 1], [2]]
+
+
+def test_token_ids_of_a_selection_plus_extra_ids():
+    from datasets import Dataset
+
+    from adapt.data import token_ids
+
+    features = Dataset.from_dict({"input_ids": [[5, 7, 5], [9], [3, 7]]}).select([2, 0])  # an index mapping
+    assert token_ids(features, extra=[0, 101]).tolist() == [0, 3, 5, 7, 101]

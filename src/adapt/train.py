@@ -139,8 +139,9 @@ def build_training_model(task: Task, model_path: str, recipe: Recipe):
 def trainable_weights(task: Task, model, train_features: Dataset, precision: str) -> TrainableWeights:
     """The weights the optimizer steps (the model's own, or fp32 masters in bf16-master mode), told which
     token ids the training data feeds the model so that unused embedding rows can skip the optimizer."""
-    used = data.token_ids(train_features, extra=task.tokenizer.all_special_ids)
-    return TrainableWeights(model, master=precision == "bf16-master", used_token_ids=used)
+    master = precision == "bf16-master"
+    used = data.token_ids(train_features, extra=task.tokenizer.all_special_ids) if master else None
+    return TrainableWeights(model, master=master, used_token_ids=used)
 
 
 def build_optimizer(named_parameters, recipe: Recipe) -> torch.optim.Optimizer:
