@@ -1,0 +1,37 @@
+"""The CLI's process settings: user values win, collection waits for the end of set-up, then resumes."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+from adapt import runtime
+
+
+def test_start_bounds_caches_and_defers_collection_until_setup_done(monkeypatch):
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "7")
+    monkeypatch.delenv("LRU_CACHE_CAPACITY", raising=False)
+    was_enabled = gc.isenabled()
+    try:
+        runtime.start()
+        assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "7"  # the user's value wins
+        assert os.environ["LRU_CACHE_CAPACITY"] == "1"
+        assert os.environ["TRANSFORMERS_VERBOSITY"] == "error"
+        assert not gc.isenabled()
+        runtime.setup_done()
+        assert gc.isenabled() and gc.get_freeze_count() > 0
+        runtime.setup_done()  # a second call (several model loads in one process) changes nothing
+        assert gc.isenabled()
+    finally:
+        os.environ.pop("LRU_CACHE_CAPACITY", None)
+        gc.unfreeze()
+        (gc.enable if was_enabled else gc.disable)()
+
+
+def test_setup_done_leaves_a_library_callers_collector_alone():
+    gc.disable()
+    try:
+        runtime.setup_done()  # start() never ran: not a CLI process
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
