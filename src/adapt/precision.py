@@ -29,8 +29,9 @@ class UsedEmbeddingRows:
     compact fp32 buffer), so no table-sized bf16 gradient is zeroed and filled each step; DDP all-reduces
     dense gradients, so with several processes the used rows are gathered from the dense one."""
 
-    def __init__(self, name: str, table: torch.Tensor, index: torch.Tensor):
+    def __init__(self, name: str, embedding: torch.nn.Embedding, table: torch.Tensor, index: torch.Tensor):
         self.name = name
+        self.embedding = embedding
         self.table = table  # fp32 master of every row, exact as of the last sync
         self.index = index  # the used rows, sorted
         # row -> position in the compact copy; -1 makes a token outside the used set fail loudly
@@ -48,9 +49,12 @@ class UsedEmbeddingRows:
         names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight]
         if len(names) != 1 or names[0] not in fp32 or len(token_ids) > MAX_USED_ROW_SHARE * embedding.num_embeddings:
             return None
+        return UsedEmbeddingRows(names[0], embedding, fp32[names[0]], token_ids.to(embedding.weight.device))
+
+    def sparse_gradients(self, enabled: bool) -> None:
+        """Let the embedding emit sparse gradients while training in one process (see the class docstring)."""
         distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
-        embedding.sparse = not (distributed and torch.distributed.get_world_size() > 1)
-        return UsedEmbeddingRows(names[0], fp32[names[0]], token_ids.to(embedding.weight.device))
+        self.embedding.sparse = enabled and not (distributed and torch.distributed.get_world_size() > 1)
 
     def compact_gradient(self, grad: torch.Tensor, out: torch.Tensor) -> None:
         """The used rows' gradient, from the embedding's sparse or dense bf16 gradient, into fp32 `out`."""
@@ -73,6 +77,7 @@ class TrainableWeights:
             self.rows = UsedEmbeddingRows.find(model, fp32, used_token_ids)
             if self.rows:
                 fp32[self.rows.name] = self.rows.table.index_select(0, self.rows.index)
+                self.rows.sparse_gradients(True)
             model.to(torch.bfloat16)
             self.params = {n: torch.nn.Parameter(t) for n, t in fp32.items()}
         self.model_params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -139,12 +144,16 @@ class TrainableWeights:
             rows.table.index_copy_(0, rows.index, self.params[rows.name].detach())
             self.model_params[rows.name].copy_(rows.table)
 
-    def state(self) -> dict[str, torch.Tensor]:
+    def _masters(self) -> dict[str, torch.Tensor]:
+        """Every trainable weight's master value, the embedding table whole and up to date."""
         self.sync()
-        state = {n: p.detach().contiguous().cpu() for n, p in self.params.items()}
+        masters = dict(self.params)
         if self.rows:
-            state[self.rows.name] = self.rows.table.cpu()
-        return state
+            masters[self.rows.name] = self.rows.table
+        return masters
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return {n: t.detach().contiguous().cpu() for n, t in self._masters().items()}
 
     def load(self, path: Path) -> None:
         state = load_file(str(path))
@@ -167,13 +176,11 @@ class TrainableWeights:
     def finalize(self, model: torch.nn.Module) -> None:
         """Put the fp32 master values back into an fp32 model, for saving."""
         if self.master:
-            self.sync()
+            masters = self._masters()
             if self.rows:  # the saved module must not ask its users for sparse gradients
-                model.get_input_embeddings().sparse = False
+                self.rows.sparse_gradients(False)
             model.to(torch.float32)
             with torch.no_grad():
                 for name, param in model.named_parameters():
-                    if self._is_rows(name):
-                        param.copy_(self.rows.table)
-                    elif name in self.params:
-                        param.copy_(self.params[name])
+                    if name in masters:
+                        param.copy_(masters[name])
