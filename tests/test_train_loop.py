@@ -202,8 +202,8 @@ def test_training_loop_accumulation_equals_one_big_batch(tiny_bert_builder, sent
     model_dir = tiny_bert_builder(tmp_path / "no_dropout", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     recorders = []
 
-    def recording_optimizer(model, recipe):
-        recorders.append(GradientRecorder(model))
+    def recording_optimizer(weights, recipe):
+        recorders.append(GradientRecorder(weights.named_parameters()))
         return recorders[-1]
 
     monkeypatch.setattr(adapt.train, "build_optimizer", recording_optimizer)

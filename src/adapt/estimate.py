@@ -83,7 +83,7 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters())
     n_non_embedding = non_embedding_params(model)
     weights = trainable_weights(task, model.to(accelerator.device), features["train"], precision)
-    optimizer = build_optimizer(weights.named_parameters(), recipe)
+    optimizer = build_optimizer(weights, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     timing = time_training_steps(task, model, weights, optimizer, accelerator, features["train"], plan, cfg.grad_accum,
                                  cfg.max_grad_norm, timed_steps)

@@ -66,10 +66,14 @@ class UsedEmbeddingRows:
 
 
 class TrainableWeights:
-    def __init__(self, model: torch.nn.Module, master: bool, used_token_ids: torch.Tensor | None = None):
+    def __init__(self, model: torch.nn.Module, master: bool, used_token_ids: torch.Tensor | None = None,
+                 fused: bool = False):
         """`used_token_ids`: every token id the training data can feed the model; in bf16-master mode the
-        input-embedding rows of other tokens are left out of the optimizer (see UsedEmbeddingRows)."""
+        input-embedding rows of other tokens are left out of the optimizer (see UsedEmbeddingRows).
+        `fused`: the optimizer will be `FusedMasterAdamW`, which reads the bf16 gradients through
+        `fused_sources` and refreshes the model weights itself (bf16-master mode only)."""
         self.master = master
+        self.fused = fused and master
         self.rows: UsedEmbeddingRows | None = None
         self._grad_buffers: dict[str, torch.Tensor] | None = None
         if master:
@@ -106,6 +110,23 @@ class TrainableWeights:
             self.params[name].grad = self._grad_buffers[name]
             self.model_params[name].grad = None
 
+    def fused_sources(self) -> dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]:
+        """For FusedMasterAdamW, after backward: each master's gradient as backward left it (bf16; for the
+        used embedding rows, compacted into fp32) and the bf16 model weight it refreshes (none for the
+        embedding table, of which `after_step` copies only the used rows)."""
+        sources = {}
+        for name, model_param in self.model_params.items():
+            if model_param.grad is None:
+                continue
+            if self._is_rows(name):
+                if self._grad_buffers is None:
+                    self._grad_buffers = {name: torch.empty_like(self.params[name])}
+                self.rows.compact_gradient(model_param.grad, self._grad_buffers[name])
+                sources[self.params[name]] = (self._grad_buffers[name], None)
+            else:
+                sources[self.params[name]] = (model_param.grad, model_param.detach())
+        return sources
+
     def release_gradients(self) -> None:
         """After the last update: drop the gradients and their fp32 buffers."""
         for param in self.params.values():
@@ -113,20 +134,25 @@ class TrainableWeights:
         self._grad_buffers = None
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """After an optimizer step: note the decay of the rows it skipped, and refresh the bf16 model weights."""
+        """After an optimizer step: note the decay of the rows it skipped, and refresh the bf16 model weights
+        (the fused optimizer has refreshed all but the embedding rows, and leaves the gradients to drop)."""
         if not self.master:
             return
         if self.rows:
             compact = self.params[self.rows.name]
             group = next(g for g in optimizer.param_groups if any(p is compact for p in g["params"]))
             self.rows.decay *= 1.0 - group["lr"] * group["weight_decay"]
-        self._refresh_model()
+        if self.fused:
+            for param in self.model_params.values():
+                param.grad = None
+        self._refresh_model(rows_only=self.fused)
 
-    def _refresh_model(self) -> None:
+    def _refresh_model(self, rows_only: bool = False) -> None:
         """Copy the masters into the bf16 model; of the embedding table, only the used rows."""
-        names = [n for n in self.params if not self._is_rows(n)]
         with torch.no_grad():
-            torch._foreach_copy_([self.model_params[n] for n in names], [self.params[n] for n in names])
+            if not rows_only:
+                names = [n for n in self.params if not self._is_rows(n)]
+                torch._foreach_copy_([self.model_params[n] for n in names], [self.params[n] for n in names])
             if self.rows:
                 table = self.model_params[self.rows.name]
                 table.index_copy_(0, self.rows.index, self.params[self.rows.name].detach().to(table.dtype))

@@ -19,7 +19,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from datasets import Dataset
 
-from adapt import assets, batching, checkpoint, data, outputs, padding_free, runtime
+from adapt import assets, batching, checkpoint, data, fused_adamw, outputs, padding_free, runtime
 from adapt.errors import AdaptError
 from adapt.precision import TrainableWeights
 from adapt.recipe import Recipe, recipe_to_yaml
@@ -138,20 +138,25 @@ def build_training_model(task: Task, model_path: str, recipe: Recipe):
 
 def trainable_weights(task: Task, model, train_features: Dataset, precision: str) -> TrainableWeights:
     """The weights the optimizer steps (the model's own, or fp32 masters in bf16-master mode), told which
-    token ids the training data feeds the model so that unused embedding rows can skip the optimizer."""
+    token ids the training data feeds the model so that unused embedding rows can skip the optimizer, and
+    whether the one-pass CPU AdamW kernel will step them."""
     master = precision == "bf16-master"
     used = data.token_ids(train_features, extra=task.tokenizer.all_special_ids) if master else None
-    return TrainableWeights(model, master=master, used_token_ids=used)
+    fused = master and fused_adamw.available(next(model.parameters()).device)
+    return TrainableWeights(model, master=master, used_token_ids=used, fused=fused)
 
 
-def build_optimizer(named_parameters, recipe: Recipe) -> torch.optim.Optimizer:
+def build_optimizer(weights: TrainableWeights, recipe: Recipe) -> torch.optim.Optimizer:
     decay, no_decay = [], []
-    for name, param in named_parameters:
+    for name, param in weights.named_parameters():
         if not param.requires_grad:
             continue
         # biases and normalisation weights are not decayed (standard BERT/GPT practice)
         (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if weights.fused:
+        return fused_adamw.FusedMasterAdamW(groups, lr=recipe.train.lr, sources=weights.fused_sources,
+                                            max_grad_norm=recipe.train.max_grad_norm)
     # fused AdamW runs one kernel for all parameters on CPU and GPU alike
     return torch.optim.AdamW(groups, lr=recipe.train.lr, fused=True)
 
@@ -199,18 +204,19 @@ def accumulate_gradients(task: Task, model, micro_batches: list[dict], accelerat
 
 def apply_update(model, weights: TrainableWeights, optimizer, accelerator: Accelerator, max_grad_norm: float | None) -> None:
     """One optimizer update from the accumulated gradients: onto the masters, clipped, stepped, and the
-    model's weights refreshed."""
-    weights.grads_to_master()
-    if max_grad_norm:
-        if weights.master:  # the gradients now live on the fp32 masters, outside the (DDP) model
-            params = [p for _, p in weights.named_parameters() if p.grad is not None]
-            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-            # clip_grad_norm_ always rescales (by 1.0 when under the limit) to avoid a device sync; a CPU has
-            # no queue to stall, so read the norm and skip the no-op pass over every gradient (~2% of a step)
-            if accelerator.device.type != "cpu" or max_grad_norm / (float(norm) + 1e-6) < 1.0:
-                torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
-        else:
-            accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    model's weights refreshed. The fused optimizer takes the bf16 gradients and clips them itself."""
+    if not weights.fused:
+        weights.grads_to_master()
+        if max_grad_norm:
+            if weights.master:  # the gradients now live on the fp32 masters, outside the (DDP) model
+                params = [p for _, p in weights.named_parameters() if p.grad is not None]
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+                # clip_grad_norm_ always rescales (by 1.0 when under the limit) to avoid a device sync; a CPU
+                # has no queue to stall, so read the norm and skip the no-op pass over every gradient
+                if accelerator.device.type != "cpu" or max_grad_norm / (float(norm) + 1e-6) < 1.0:
+                    torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
+            else:
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     weights.after_step(optimizer)
     optimizer.zero_grad(set_to_none=True)
@@ -296,7 +302,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     precision = mixed_precision_mode(cfg.mixed_precision)
     # masters are made where the model lives, so the optimizer state is created on the device too
     weights = trainable_weights(task, model.to(accelerator.device), features["train"], precision)
-    optimizer = build_optimizer(weights.named_parameters(), recipe)
+    optimizer = build_optimizer(weights, recipe)
     scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
     unwrapped = accelerator.unwrap_model(model)

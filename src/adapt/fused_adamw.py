@@ -1,0 +1,112 @@
+"""AdamW for bf16-master training on CPU in one pass over memory, by the C kernel in native/adamw_bf16.c
+(built by `make install`; without it training takes the unfused PyTorch path, same results to rounding).
+
+The unfused update makes five passes over every trainable weight: bf16 gradient to an fp32 copy, global norm,
+clipping, AdamW, fp32 master back to the bf16 model. On a CPU that update is memory bound and was ~15% of a
+MiniLM step; here the kernel reads the bf16 gradient once for the norm and once for the update, which clips it,
+steps the master and both moments, and writes the rounded bf16 weight straight into the model."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+LIBRARY = Path(__file__).resolve().parent / "native" / "libadamw_bf16.so"
+DISABLE_VARIABLE = "ADAPT_FUSED_ADAMW"  # "0" forces the PyTorch path
+
+# master weight -> (its gradient as backward left it, the bf16 model weight to refresh or None)
+Sources = dict[torch.Tensor, tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+@functools.cache
+def kernel() -> ctypes.CDLL | None:
+    """The compiled kernel, or None when it was not built (no C compiler) or is switched off."""
+    if os.environ.get(DISABLE_VARIABLE, "1") == "0" or not LIBRARY.exists():
+        return None
+    lib = ctypes.CDLL(str(LIBRARY))
+    pointers, i64 = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64)
+    lib.adamw_sum_squares.restype = ctypes.c_double
+    lib.adamw_sum_squares.argtypes = [ctypes.c_int64, i64, pointers, ctypes.POINTER(ctypes.c_int32), ctypes.c_int]
+    lib.adamw_step.restype = None
+    lib.adamw_step.argtypes = [ctypes.c_int64, i64, pointers, pointers, pointers, pointers, ctypes.POINTER(ctypes.c_int32),
+                               pointers, *[ctypes.c_float] * 7, ctypes.c_int]
+    return lib
+
+
+def available(device: torch.device) -> bool:
+    return device.type == "cpu" and kernel() is not None
+
+
+def _array(ctype, values):
+    return (ctype * len(values))(*values)
+
+
+class FusedMasterAdamW(torch.optim.AdamW):
+    """torch.optim.AdamW (same hyperparameters, state and state_dict, so checkpoints move between the two)
+    whose step takes each fp32 master's gradient from `sources()` instead of `.grad`, clips all of them by
+    their global norm (`max_grad_norm`), and refreshes the bf16 model weights in the same pass."""
+
+    def __init__(self, params, lr: float, sources: Callable[[], Sources], max_grad_norm: float | None):
+        super().__init__(params, lr=lr)
+        self.sources = sources
+        self.max_grad_norm = max_grad_norm
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if closure is not None:
+            raise ValueError("FusedMasterAdamW.step takes no closure")
+        lib, threads = kernel(), torch.get_num_threads()
+        sources = self.sources()
+        for master, (grad, _) in sources.items():
+            if grad.dtype not in (torch.bfloat16, torch.float32) or not grad.is_contiguous() or grad.shape != master.shape:
+                raise ValueError(f"fused AdamW needs contiguous bf16/fp32 gradients shaped like the master {tuple(master.shape)}")
+        grads = list(sources.values())
+        coef = 1.0
+        if self.max_grad_norm:
+            norm = math.sqrt(lib.adamw_sum_squares(len(grads), _array(ctypes.c_int64, [g.numel() for g, _ in grads]),
+                                                   _array(ctypes.c_void_p, [g.data_ptr() for g, _ in grads]),
+                                                   _array(ctypes.c_int32, [g.dtype == torch.bfloat16 for g, _ in grads]),
+                                                   threads))
+            coef = min(1.0, self.max_grad_norm / (norm + 1e-6))  # as torch.nn.utils.clip_grad_norm_
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p in sources]
+            if params:
+                self._step_group(lib, threads, group, params, sources, coef)
+
+    def _step_group(self, lib, threads: int, group: dict, params: list[torch.Tensor], sources: Sources, coef: float) -> None:
+        if group["amsgrad"] or group["maximize"]:
+            raise ValueError("fused AdamW implements neither amsgrad nor maximize")
+        by_step: dict[float, list[torch.Tensor]] = {}  # bias corrections differ for a weight that missed steps
+        for p in params:
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["step"] += 1
+            by_step.setdefault(float(state["step"]), []).append(p)
+        beta1, beta2 = group["betas"]
+        lr, weight_decay = float(group["lr"]), group["weight_decay"]
+        for step, same_step in by_step.items():
+            states = [self.state[p] for p in same_step]
+            destinations = [sources[p][1] for p in same_step]
+            direct = [d is not None and d.dtype == torch.bfloat16 and d.is_contiguous() for d in destinations]
+            lib.adamw_step(
+                len(same_step), _array(ctypes.c_int64, [p.numel() for p in same_step]),
+                _array(ctypes.c_void_p, [p.data_ptr() for p in same_step]),
+                _array(ctypes.c_void_p, [s["exp_avg"].data_ptr() for s in states]),
+                _array(ctypes.c_void_p, [s["exp_avg_sq"].data_ptr() for s in states]),
+                _array(ctypes.c_void_p, [sources[p][0].data_ptr() for p in same_step]),
+                _array(ctypes.c_int32, [sources[p][0].dtype == torch.bfloat16 for p in same_step]),
+                _array(ctypes.c_void_p, [d.data_ptr() if ok else None for d, ok in zip(destinations, direct)]),
+                1.0 - lr * weight_decay, coef, beta1, beta2, group["eps"], lr / (1 - beta1 ** step),
+                math.sqrt(1 - beta2 ** step), threads)
+            for master, destination, ok in zip(same_step, destinations, direct):
+                if destination is not None and not ok:
+                    destination.copy_(master)
