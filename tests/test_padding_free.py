@@ -6,7 +6,7 @@ import torch
 from transformers import (BertConfig, BertForQuestionAnswering, BertForSequenceClassification,
                           BertForTokenClassification, LlamaConfig, LlamaForCausalLM)
 
-from adapt import padding_free
+from adapt import native, padding_free
 
 
 def tiny_config(num_labels: int = 3) -> BertConfig:
@@ -122,6 +122,29 @@ def test_cpu_dropout_rate_scale_and_seed():
     assert padding_free.dropout(x, 0.0, True) is x
     odd = torch.ones(3, 5)  # not a multiple of four elements
     assert padding_free.dropout(odd, 0.5, True).shape == (3, 5)
+
+
+@pytest.mark.skipif(native.library() is None, reason="the native kernels are not built (make install)")
+def test_native_bf16_dropout_is_the_pytorch_arithmetic_in_one_pass():
+    """The C kernel's output and gradient are exactly `where(keep, x, 0) * scale` for its mask; the mask
+    follows torch's seed, and does not depend on how many threads share the work."""
+    x = torch.randn(70_001, dtype=torch.bfloat16, requires_grad=True)  # two thread shares and a ragged tail
+    torch.manual_seed(5)
+    y = padding_free.dropout(x, 0.1, True)
+    keep = y.detach() != 0
+    assert abs(1 - keep.float().mean().item() - 0.1) < 0.005
+    assert torch.equal(y.detach(), torch.where(keep, x.detach(), 0) * (1 / 0.9))
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    assert torch.equal(x.grad, torch.where(keep, grad, 0) * (1 / 0.9))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(5)
+        assert torch.equal(padding_free.dropout(x, 0.1, True), y)
+    finally:
+        torch.set_num_threads(threads)
+    assert not torch.equal(padding_free.dropout(x, 0.1, True), y)  # the next draw of the generator: a new mask
 
 
 def test_dropout_gradient_matches_its_mask():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from adapt import fused_adamw
+from adapt import fused_adamw, native
 from adapt.precision import TrainableWeights
 from adapt.recipe import resolve_recipe
 from adapt.train import apply_update, build_optimizer, linear_schedule
@@ -105,7 +105,7 @@ def test_whole_table_when_the_rows_are_mostly_used_tied_or_not_mastered():
     assert TrainableWeights(llama, master=True, used_token_ids=USED).rows is None
 
 
-needs_kernel = pytest.mark.skipif(fused_adamw.kernel() is None, reason="the AdamW kernel is not built (make install)")
+needs_kernel = pytest.mark.skipif(native.library() is None, reason="the native kernels are not built (make install)")
 
 
 def train_through_the_loop(fused: bool, max_grad_norm: float, steps: int = 6):
@@ -155,14 +155,14 @@ def test_kernel_norm_and_update_are_split_across_threads_exactly():
     """Tensors of odd sizes, bf16 and fp32 gradients, laid end to end and cut into 1 or 3 thread shares."""
     import ctypes
 
-    lib = fused_adamw.kernel()
+    lib = native.library()
     generator = torch.Generator().manual_seed(0)
-    sizes = [1, 17, 1000, 2049]
+    sizes = [1, 17, 1000, 70_001]  # 71,019 elements: three shares of the parallel range
     grads = [torch.randn(n, generator=generator).to(torch.bfloat16 if i % 2 else torch.float32) for i, n in enumerate(sizes)]
     expected = sum(float((g.double() ** 2).sum()) for g in grads)
-    arrays = (len(sizes), fused_adamw._array(ctypes.c_int64, sizes),
-              fused_adamw._array(ctypes.c_void_p, [g.data_ptr() for g in grads]),
-              fused_adamw._array(ctypes.c_int32, [g.dtype == torch.bfloat16 for g in grads]))
+    arrays = (len(sizes), native.array(ctypes.c_int64, sizes),
+              native.array(ctypes.c_void_p, [g.data_ptr() for g in grads]),
+              native.array(ctypes.c_int32, [g.dtype == torch.bfloat16 for g in grads]))
     for threads in (1, 3):
         assert lib.adamw_sum_squares(*arrays, threads) == pytest.approx(expected, rel=1e-6)
 
@@ -170,10 +170,10 @@ def test_kernel_norm_and_update_are_split_across_threads_exactly():
         params = [torch.ones(n) for n in sizes]
         moments = [torch.full((n,), 0.5) for n in sizes] + [torch.full((n,), 0.25) for n in sizes]
         outs = [torch.empty(n, dtype=torch.bfloat16) for n in sizes]
-        pointers = [fused_adamw._array(ctypes.c_void_p, [t.data_ptr() for t in ts])
+        pointers = [native.array(ctypes.c_void_p, [t.data_ptr() for t in ts])
                     for ts in (params, moments[:4], moments[4:], grads)]
         lib.adamw_step(len(sizes), arrays[1], *pointers, arrays[3],
-                       fused_adamw._array(ctypes.c_void_p, [o.data_ptr() for o in outs]),
+                       native.array(ctypes.c_void_p, [o.data_ptr() for o in outs]),
                        0.999, 0.5, 0.9, 0.999, 1e-8, 1e-3, 0.1, threads)
         return params + moments + outs
 
@@ -188,12 +188,12 @@ def test_fused_adamw_can_be_switched_off(monkeypatch):
     class Task:
         tokenizer = type("Tokenizer", (), {"all_special_ids": [0]})()
 
-    monkeypatch.setenv(fused_adamw.DISABLE_VARIABLE, "0")
-    fused_adamw.kernel.cache_clear()
+    monkeypatch.setenv(native.SWITCH_VARIABLE, "0")
+    native.library.cache_clear()
     try:
         features = __import__("datasets").Dataset.from_dict({"input_ids": [[1, 2, 3]]})
         weights = trainable_weights(Task(), tiny_bert(), features, "bf16-master")
         assert weights.master and not weights.fused
     finally:
         monkeypatch.undo()
-        fused_adamw.kernel.cache_clear()
+        native.library.cache_clear()

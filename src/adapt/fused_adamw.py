@@ -1,5 +1,5 @@
 """AdamW for bf16-master training on CPU in one pass over memory, by the C kernel in native/adamw_bf16.c
-(built by `make install`; without it training takes the unfused PyTorch path, same results to rounding).
+(see `adapt.native`; without it training takes the unfused PyTorch path, same results to rounding).
 
 The unfused update makes five passes over every trainable weight: bf16 gradient to an fp32 copy, global norm,
 clipping, AdamW, fp32 master back to the bf16 model. On a CPU that update is memory bound and was ~15% of a
@@ -9,42 +9,20 @@ steps the master and both moments, and writes the rounded bf16 weight straight i
 from __future__ import annotations
 
 import ctypes
-import functools
 import math
-import os
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-LIBRARY = Path(__file__).resolve().parent / "native" / "libadamw_bf16.so"
-DISABLE_VARIABLE = "ADAPT_FUSED_ADAMW"  # "0" forces the PyTorch path
+from adapt import native
+from adapt.native import array as _array
 
 # master weight -> (its gradient as backward left it, the bf16 model weight to refresh or None)
 Sources = dict[torch.Tensor, tuple[torch.Tensor, "torch.Tensor | None"]]
 
 
-@functools.cache
-def kernel() -> ctypes.CDLL | None:
-    """The compiled kernel, or None when it was not built (no C compiler) or is switched off."""
-    if os.environ.get(DISABLE_VARIABLE, "1") == "0" or not LIBRARY.exists():
-        return None
-    lib = ctypes.CDLL(str(LIBRARY))
-    pointers, i64 = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64)
-    lib.adamw_sum_squares.restype = ctypes.c_double
-    lib.adamw_sum_squares.argtypes = [ctypes.c_int64, i64, pointers, ctypes.POINTER(ctypes.c_int32), ctypes.c_int]
-    lib.adamw_step.restype = None
-    lib.adamw_step.argtypes = [ctypes.c_int64, i64, pointers, pointers, pointers, pointers, ctypes.POINTER(ctypes.c_int32),
-                               pointers, *[ctypes.c_float] * 7, ctypes.c_int]
-    return lib
-
-
 def available(device: torch.device) -> bool:
-    return device.type == "cpu" and kernel() is not None
-
-
-def _array(ctype, values):
-    return (ctype * len(values))(*values)
+    return device.type == "cpu" and native.library() is not None
 
 
 class FusedMasterAdamW(torch.optim.AdamW):
@@ -61,7 +39,7 @@ class FusedMasterAdamW(torch.optim.AdamW):
     def step(self, closure=None):
         if closure is not None:
             raise ValueError("FusedMasterAdamW.step takes no closure")
-        lib, threads = kernel(), torch.get_num_threads()
+        lib, threads = native.library(), torch.get_num_threads()
         sources = self.sources()
         for master, (grad, _) in sources.items():
             if grad.dtype not in (torch.bfloat16, torch.float32) or not grad.is_contiguous() or grad.shape != master.shape:

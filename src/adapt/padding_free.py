@@ -6,7 +6,8 @@ linear layer, norm, activation and dropout on them. Here those run on the real t
 one [tokens, hidden] matrix); only attention sees the padded [batch, heads, length, length] layout. For
 sequence classification, which reads nothing but the first token's final state, the last layer computes
 queries, attention output and feed-forward for that token alone. On CPUs dropout draws 64 random bits per
-four elements instead of one Bernoulli draw per element (the latter was ~10% of a MiniLM training step).
+four elements instead of one Bernoulli draw per element (the latter was ~10% of a MiniLM training step), and
+bf16 dropout runs as one C kernel (`adapt.native`) that draws, masks and scales in a single pass.
 
 The numbers are those of the transformers forward (tests compare logits and gradients); anything this
 path does not cover (decoder use, caches, requested attentions or hidden states, gradient checkpointing,
@@ -19,6 +20,8 @@ import types
 import torch
 import torch.nn.functional as F
 from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+
+from adapt import native
 
 SUPPORTED_MODEL_TYPES = ("bert",)
 
@@ -51,10 +54,41 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
+    if x.dtype == torch.bfloat16 and native.library() is not None:
+        return NativeDropout.apply(x, p)
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1).view(torch.int16)[:n]
     keep = bits >= round(p * 2**16) - 2**15
     return torch.where(keep.view(x.shape), x, 0) * (1.0 / (1.0 - p))
+
+
+class NativeDropout(torch.autograd.Function):
+    """`dropout` of a bf16 CPU tensor by native/dropout_bf16.c: the same keep rate and arithmetic in one pass
+    (random bits, mask, scale) instead of four, with a one-pass backward. Its random bits come from a
+    counter-based generator seeded by one draw from torch's, so `torch.manual_seed` and the RNG state a
+    checkpoint restores decide every mask, as they do on the PyTorch path."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        x = x.contiguous()
+        y, keep = torch.empty_like(x), torch.empty(x.shape, dtype=torch.uint8)
+        seed = int(torch.empty((), dtype=torch.int64).random_())
+        ctx.scale = 1.0 / (1.0 - p)
+        native.library().dropout_bf16_forward(x.numel(), x.data_ptr(), y.data_ptr(), keep.data_ptr(), seed,
+                                              round(p * 2**16), ctx.scale, torch.get_num_threads())
+        ctx.save_for_backward(keep)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        if grad.dtype != torch.bfloat16:
+            return torch.where(keep.bool(), grad, 0) * ctx.scale, None
+        grad = grad.contiguous()
+        out = torch.empty_like(grad)
+        native.library().dropout_bf16_backward(grad.numel(), grad.data_ptr(), keep.data_ptr(), out.data_ptr(), ctx.scale,
+                                               torch.get_num_threads())
+        return out, None
 
 
 def padding_free_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
