@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 $(NATIVE): $(wildcard src/adapt/native/*.c src/adapt/native/*.h)
-	-$(CC) -O3 -march=native -fno-math-errno -fno-trapping-math -shared -fPIC -pthread -o $@.tmp $(filter %.c,$^) && mv $@.tmp $@
+	-$(CC) -O3 -march=native -fno-math-errno -fno-trapping-math -shared -fPIC -fopenmp -o $@.tmp $(filter %.c,$^) && mv $@.tmp $@
 
 install: $(STAMP) $(NATIVE)
 

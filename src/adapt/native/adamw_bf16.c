@@ -4,7 +4,6 @@
    makes five passes over memory for this (gradient copy to fp32, norm, clipping, AdamW, copy to bf16); on a
    memory-bound CPU update that is most of its time. The arithmetic is torch.optim.AdamW's. */
 #include <math.h>
-#include <pthread.h>
 #include <stdint.h>
 
 #include "bf16.h"
@@ -22,7 +21,6 @@ typedef struct {
     uint16_t *const *outs; /* bf16 model weights to refresh, or NULL entries */
     float decay_factor;    /* 1 - lr * weight_decay */
     float grad_coef, beta1, beta2, eps, step_size, bias_correction2_sqrt;
-    pthread_mutex_t lock;
     double sum_squares;
 } tensors;
 
@@ -106,9 +104,8 @@ static void squares_tensor(tensors *ts, int64_t t, int64_t lo, int64_t hi) {
     } else {
         SQUARES_LOOP(LOAD_FP32)
     }
-    pthread_mutex_lock(&ts->lock);
+#pragma omp atomic
     ts->sum_squares += s;
-    pthread_mutex_unlock(&ts->lock);
 }
 
 static void adamw_range(void *arg, int64_t lo, int64_t hi) { walk(arg, lo, hi, adamw_tensor); }
@@ -116,8 +113,7 @@ static void squares_range(void *arg, int64_t lo, int64_t hi) { walk(arg, lo, hi,
 
 double adamw_sum_squares(int64_t count, const int64_t *sizes, const void *const *grads, const int32_t *grad_is_bf16,
                          int threads) {
-    tensors ts = {.count = count, .sizes = sizes, .grads = grads, .grad_is_bf16 = grad_is_bf16,
-                  .lock = PTHREAD_MUTEX_INITIALIZER};
+    tensors ts = {.count = count, .sizes = sizes, .grads = grads, .grad_is_bf16 = grad_is_bf16};
     parallel_for(total_size(&ts), 1, threads, squares_range, &ts);
     return ts.sum_squares;
 }
@@ -129,6 +125,6 @@ void adamw_step(int64_t count, const int64_t *sizes, float *const *params, float
     tensors ts = {.count = count, .sizes = sizes, .params = params, .exp_avgs = exp_avgs, .exp_avg_sqs = exp_avg_sqs,
                   .grads = grads, .grad_is_bf16 = grad_is_bf16, .outs = outs, .decay_factor = decay_factor,
                   .grad_coef = grad_coef, .beta1 = beta1, .beta2 = beta2, .eps = eps, .step_size = step_size,
-                  .bias_correction2_sqrt = bias_correction2_sqrt, .lock = PTHREAD_MUTEX_INITIALIZER};
+                  .bias_correction2_sqrt = bias_correction2_sqrt};
     parallel_for(total_size(&ts), 1, threads, adamw_range, &ts);
 }
