@@ -30,7 +30,10 @@ def library() -> ctypes.CDLL | None:
     """The compiled kernels, or None when they were not built or are switched off."""
     if os.environ.get(SWITCH_VARIABLE, "1") == "0" or not LIBRARY.exists():
         return None
-    lib = ctypes.CDLL(str(LIBRARY))
+    try:
+        lib = ctypes.CDLL(str(LIBRARY))
+    except OSError:  # built for another machine or runtime: the PyTorch paths still work
+        return None
     for name, (result, arguments) in _SIGNATURES.items():
         function = getattr(lib, name)
         function.restype, function.argtypes = result, arguments
