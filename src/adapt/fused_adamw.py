@@ -41,9 +41,11 @@ class FusedMasterAdamW(torch.optim.AdamW):
             raise ValueError("FusedMasterAdamW.step takes no closure")
         lib, threads = native.library(), torch.get_num_threads()
         sources = self.sources()
-        for master, (grad, _) in sources.items():
+        for master, (grad, weight) in sources.items():
             if grad.dtype not in (torch.bfloat16, torch.float32) or not grad.is_contiguous() or grad.shape != master.shape:
                 raise ValueError(f"fused AdamW needs contiguous bf16/fp32 gradients shaped like the master {tuple(master.shape)}")
+            if weight is not None and (weight.dtype != torch.bfloat16 or not weight.is_contiguous()):
+                raise ValueError("fused AdamW writes contiguous bf16 model weights only")
         grads = list(sources.values())
         coef = 1.0
         if self.max_grad_norm:
@@ -73,8 +75,6 @@ class FusedMasterAdamW(torch.optim.AdamW):
         lr, weight_decay = float(group["lr"]), group["weight_decay"]
         for step, same_step in by_step.items():
             states = [self.state[p] for p in same_step]
-            destinations = [sources[p][1] for p in same_step]
-            direct = [d is not None and d.dtype == torch.bfloat16 and d.is_contiguous() for d in destinations]
             lib.adamw_step(
                 len(same_step), _array(ctypes.c_int64, [p.numel() for p in same_step]),
                 _array(ctypes.c_void_p, [p.data_ptr() for p in same_step]),
@@ -82,9 +82,6 @@ class FusedMasterAdamW(torch.optim.AdamW):
                 _array(ctypes.c_void_p, [s["exp_avg_sq"].data_ptr() for s in states]),
                 _array(ctypes.c_void_p, [sources[p][0].data_ptr() for p in same_step]),
                 _array(ctypes.c_int32, [sources[p][0].dtype == torch.bfloat16 for p in same_step]),
-                _array(ctypes.c_void_p, [d.data_ptr() if ok else None for d, ok in zip(destinations, direct)]),
+                _array(ctypes.c_void_p, [None if sources[p][1] is None else sources[p][1].data_ptr() for p in same_step]),
                 1.0 - lr * weight_decay, coef, beta1, beta2, group["eps"], lr / (1 - beta1 ** step),
                 math.sqrt(1 - beta2 ** step), threads)
-            for master, destination, ok in zip(same_step, destinations, direct):
-                if destination is not None and not ok:
-                    destination.copy_(master)
