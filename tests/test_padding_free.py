@@ -44,11 +44,26 @@ def outputs_on_real_tokens(out, mask: torch.Tensor) -> list[torch.Tensor]:
     return [logits[mask.bool()] if logits.dim() == 3 else logits]
 
 
+needs_kernels = pytest.mark.skipif(native.library() is None, reason="the native kernels are not built (make install)")
+
+
+@pytest.fixture(params=["native attention", "padded attention"])
+def attention_path(request, monkeypatch):
+    """Each test that uses it runs on the native attention kernel (where built) and on the padded layout."""
+    if request.param == "padded attention":
+        monkeypatch.setenv(native.SWITCH_VARIABLE, "0")
+    elif native.library() is None:
+        pytest.skip("the native kernels are not built (make install)")
+    native.library.cache_clear()
+    yield request.param
+    native.library.cache_clear()
+
+
 @pytest.mark.parametrize("head,first_token_only", [
     (BertForSequenceClassification, True), (BertForSequenceClassification, False),
     (BertForTokenClassification, False), (BertForQuestionAnswering, False)])
 @pytest.mark.parametrize("with_token_types", [False, True])
-def test_same_outputs_and_gradients_as_transformers(head, first_token_only, with_token_types):
+def test_same_outputs_and_gradients_as_transformers(head, first_token_only, with_token_types, attention_path):
     reference, fast = twin_models(head, first_token_only)
     batch = ragged_batch(with_token_types)
     for model in (reference, fast):
@@ -124,7 +139,7 @@ def test_cpu_dropout_rate_scale_and_seed():
     assert padding_free.dropout(odd, 0.5, True).shape == (3, 5)
 
 
-@pytest.mark.skipif(native.library() is None, reason="the native kernels are not built (make install)")
+@needs_kernels
 def test_native_bf16_dropout_is_the_pytorch_arithmetic_in_one_pass():
     """The C kernel's output and gradient are exactly `where(keep, x, 0) * scale` for its mask; the mask
     follows torch's seed, and does not depend on how many threads share the work."""
@@ -154,3 +169,72 @@ def test_dropout_gradient_matches_its_mask():
     y.sum().backward()
     kept = y.detach() != 0
     torch.testing.assert_close(x.grad, kept.float() / 0.75)
+
+
+def packed_attention_inputs(lengths, heads, head_size, dtype=torch.float32):
+    torch.manual_seed(7)
+    rows = sum(lengths)
+    q, k, v = (torch.randn(rows, heads * head_size, dtype=dtype, requires_grad=True) for _ in range(3))
+    starts = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    return q, k, v, starts
+
+
+def reference_attention(q, k, v, starts, heads, scale, keep, p):
+    """Attention per sequence and head in float64, with the dropout mask `keep` [rows, heads, keys]."""
+    out = []
+    for s in range(len(starts) - 1):
+        rows = slice(int(starts[s]), int(starts[s + 1]))
+        split = [x[rows].double().view(rows.stop - rows.start, heads, -1).transpose(0, 1) for x in (q, k, v)]
+        probs = (split[0] @ split[1].transpose(1, 2) * scale).softmax(-1)  # [heads, queries, keys]
+        probs = probs * keep[rows, :, :rows.stop - rows.start].transpose(0, 1) / (1 - p)
+        out.append((probs @ split[2]).transpose(0, 1).reshape(rows.stop - rows.start, -1))
+    return torch.cat(out)
+
+
+@needs_kernels
+def test_native_attention_matches_attention_with_its_dropout_mask():
+    """Forward and all three gradients against float64 attention with the kernel's own dropout mask, read
+    back by attending over one-hot values: with v_j = e_j, a query's output is its dropped-out probabilities."""
+    lengths, heads, head_size, p, scale = [7, 3, 12], 2, 12, 0.3, 0.4
+    q, k, v, starts = packed_attention_inputs(lengths, heads, head_size)
+    one_hot = torch.cat([torch.eye(n, head_size).repeat(1, heads) for n in lengths])
+    torch.manual_seed(11)
+    weights = padding_free.NativeAttention.apply(q, k, one_hot, starts, starts, heads, scale, p)
+    keep = weights.detach().view(-1, heads, head_size) != 0
+    assert 0.5 < keep[:7, :, :7].float().mean() < 0.9  # keys past a sequence's end read as dropped
+    torch.manual_seed(11)  # the same generator state: the same mask
+    out = padding_free.NativeAttention.apply(q, k, v, starts, starts, heads, scale, p)
+    expected = reference_attention(q, k, v, starts, heads, scale, keep, p)
+    torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    actual = torch.autograd.grad(out, (q, k, v), grad)
+    wanted = torch.autograd.grad(expected, (q, k, v), grad.double())
+    for name, a, e in zip("qkv", actual, wanted):  # float32, as the inputs
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5, msg=lambda m: f"{name}: {m}")
+
+
+@needs_kernels
+def test_native_attention_dropout_rate_threads_and_first_token_queries():
+    lengths, heads, head_size = [40, 17, 64, 1, 33], 3, 64
+    q, k, v, starts = packed_attention_inputs(lengths, heads, head_size, torch.bfloat16)
+    attend = padding_free.NativeAttention.apply
+    torch.manual_seed(2)
+    out = attend(q, k, v, starts, starts, heads, head_size ** -0.5, 0.1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.manual_seed(2)
+        assert torch.equal(attend(q, k, v, starts, starts, heads, head_size ** -0.5, 0.1), out)
+    finally:
+        torch.set_num_threads(threads)
+    one_hot = torch.cat([torch.eye(n, head_size).repeat(1, heads) for n in lengths]).to(torch.bfloat16)
+    weights = attend(q, k, one_hot, starts, starts, heads, head_size ** -0.5, 0.1).view(-1, heads, 64)
+    real = torch.cat([torch.arange(64) < n for n in lengths for _ in range(n)]).view(-1, 1, 64).expand_as(weights)
+    dropped = (weights[real] == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.01  # 26,553 probabilities; binomial sd 0.0018
+    # each sequence's first token alone as queries: the same rows as the full computation without dropout
+    full = attend(q, k, v, starts, starts, heads, head_size ** -0.5, 0.0)
+    first = attend(q[starts[:-1]], k, v, torch.arange(len(lengths) + 1), starts, heads, head_size ** -0.5, 0.0)
+    assert torch.equal(first, full[starts[:-1]])
+    out.float().square().sum().backward()
+    assert all(x.grad is not None and x.grad.dtype == torch.bfloat16 and x.grad.isfinite().all() for x in (q, k, v))
