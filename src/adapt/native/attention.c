@@ -7,38 +7,19 @@
    separate dropout and copy passes.
    One task is one (sequence, head); tasks write disjoint rows and columns, so they need no locks. The
    forward keeps each query row's softmax statistics (maximum score, 1 / sum of exponentials), and the
-   backward recomputes the probabilities from them, as FlashAttention does. Dropout bits come from the
-   counter-based generator of dropout_bf16.c (SplitMix64 of seed + counter / 4), counted per (query row,
-   head, key), so the backward redraws the forward's mask instead of storing it, and the result does not
-   depend on the thread count. */
+   backward recomputes the probabilities from them, as FlashAttention does. Dropout bits come from
+   random_bits.h, counted per (query row, head, key), so the backward redraws the forward's mask instead
+   of storing it, and the result does not depend on the thread count. */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "bf16.h"
-
-static inline uint64_t splitmix64(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+#include "fast_math.h"
+#include "random_bits.h"
 
 #define KEY_BITS 20 /* key positions per (query row, head) in the dropout counter: sequences up to 2^20 */
-
-/* exp(x) for x <= 0 (scores minus their row maximum): Cephes' expf polynomial (about 1 ulp), written so that
-   the loops calling it vectorize. */
-static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
-    float n = floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float y = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
-               1.6666665459e-1f) * r + 5.0000001201e-1f;
-    y = y * r * r + r + 1.0f;
-    union { int32_t i; float f; } scale = {.i = ((int32_t)n + 127) << 23};
-    return y * scale.f;
-}
 
 typedef struct {
     const void *q, *k, *v; /* packed [rows, heads * head_size] */
@@ -144,9 +125,7 @@ static inline void dropout_scales(const geometry *g, int64_t row, int64_t h, int
     const float scale = g->drop_scale;
 #pragma omp simd
     for (int64_t j = 0; j < width; j++) {
-        const uint64_t c = base + (uint64_t)j;
-        const uint32_t bits = (uint32_t)(splitmix64(seed + (c >> 2)) >> (16 * (c & 3))) & 0xffffu;
-        keep[j] = j < n && bits >= threshold ? scale : 0.0f;
+        keep[j] = j < n && random16(seed, base + (uint64_t)j) >= threshold ? scale : 0.0f;
     }
 }
 

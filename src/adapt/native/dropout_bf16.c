@@ -10,13 +10,7 @@
 
 #include "bf16.h"
 #include "parallel.h"
-
-static inline uint64_t splitmix64(uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+#include "random_bits.h"
 
 typedef struct {
     const uint16_t *x;
@@ -37,8 +31,7 @@ static void forward_range(void *arg, int64_t lo, int64_t hi) {
     const uint32_t threshold = a->threshold;
     const float scale = a->scale;
     for (int64_t i = lo; i < hi; i++) {
-        uint64_t bits = splitmix64(seed + (uint64_t)(i >> 2)) >> (16 * (i & 3));
-        uint8_t keep = (uint32_t)(bits & 0xffffu) >= threshold;
+        uint8_t keep = random16(seed, (uint64_t)i) >= threshold;
         mask[i] = keep;
         y[i] = keep ? float_to_bf16(bf16_to_float(x[i]) * scale) : 0;
     }
