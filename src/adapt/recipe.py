@@ -71,8 +71,9 @@ class TrainConfig(Strict):
                             "auto: bf16 on GPUs, bf16-master on CPUs with native bf16, else no")
     group_by_length: bool = True
     gradient_checkpointing: bool = False
-    padding_free: bool = Field(True, description="BERT-family encoders: linear layers, norms and dropout run on real "
-                                                 "tokens only (see adapt.padding_free); other models ignore it")
+    padding_free: bool = Field(True, description="BERT-family encoders: linear layers, norms, dropout (and on CPU "
+                                                 "attention) run on real tokens only (see adapt.padding_free); "
+                                                 "other models ignore it")
     compile: bool = False
     log_steps: int = Field(10, ge=1)
     num_workers: int = Field(0, ge=0)
