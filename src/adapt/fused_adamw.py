@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from adapt import native
-from adapt.native import array as _array
+from adapt.native import array
 
 # master weight -> (its gradient as backward left it, the bf16 model weight to refresh or None)
 Sources = dict[torch.Tensor, tuple[torch.Tensor, "torch.Tensor | None"]]
@@ -49,9 +49,9 @@ class FusedMasterAdamW(torch.optim.AdamW):
         grads = list(sources.values())
         coef = 1.0
         if self.max_grad_norm:
-            norm = math.sqrt(lib.adamw_sum_squares(len(grads), _array(ctypes.c_int64, [g.numel() for g, _ in grads]),
-                                                   _array(ctypes.c_void_p, [g.data_ptr() for g, _ in grads]),
-                                                   _array(ctypes.c_int32, [g.dtype == torch.bfloat16 for g, _ in grads]),
+            norm = math.sqrt(lib.adamw_sum_squares(len(grads), array(ctypes.c_int64, [g.numel() for g, _ in grads]),
+                                                   array(ctypes.c_void_p, [g.data_ptr() for g, _ in grads]),
+                                                   array(ctypes.c_int32, [g.dtype == torch.bfloat16 for g, _ in grads]),
                                                    threads))
             coef = min(1.0, self.max_grad_norm / (norm + 1e-6))  # as torch.nn.utils.clip_grad_norm_
         for group in self.param_groups:
@@ -76,12 +76,12 @@ class FusedMasterAdamW(torch.optim.AdamW):
         for step, same_step in by_step.items():
             states = [self.state[p] for p in same_step]
             lib.adamw_step(
-                len(same_step), _array(ctypes.c_int64, [p.numel() for p in same_step]),
-                _array(ctypes.c_void_p, [p.data_ptr() for p in same_step]),
-                _array(ctypes.c_void_p, [s["exp_avg"].data_ptr() for s in states]),
-                _array(ctypes.c_void_p, [s["exp_avg_sq"].data_ptr() for s in states]),
-                _array(ctypes.c_void_p, [sources[p][0].data_ptr() for p in same_step]),
-                _array(ctypes.c_int32, [sources[p][0].dtype == torch.bfloat16 for p in same_step]),
-                _array(ctypes.c_void_p, [None if sources[p][1] is None else sources[p][1].data_ptr() for p in same_step]),
+                len(same_step), array(ctypes.c_int64, [p.numel() for p in same_step]),
+                array(ctypes.c_void_p, [p.data_ptr() for p in same_step]),
+                array(ctypes.c_void_p, [s["exp_avg"].data_ptr() for s in states]),
+                array(ctypes.c_void_p, [s["exp_avg_sq"].data_ptr() for s in states]),
+                array(ctypes.c_void_p, [sources[p][0].data_ptr() for p in same_step]),
+                array(ctypes.c_int32, [sources[p][0].dtype == torch.bfloat16 for p in same_step]),
+                array(ctypes.c_void_p, [None if sources[p][1] is None else sources[p][1].data_ptr() for p in same_step]),
                 1.0 - lr * weight_decay, coef, beta1, beta2, group["eps"], lr / (1 - beta1 ** step),
                 math.sqrt(1 - beta2 ** step), threads)

@@ -7,9 +7,9 @@ one [tokens, hidden] matrix). On CPU with the native kernels built (`adapt.nativ
 packed rows too, given each sequence's first row; elsewhere it runs on the padded [batch, heads, length,
 length] layout with a key mask (SDPA on GPU). For sequence classification, which reads nothing but the
 first token's final state, the last layer computes queries, attention output and feed-forward for that
-token alone. On CPUs dropout draws 64 random bits per
-four elements instead of one Bernoulli draw per element (the latter was ~10% of a MiniLM training step), and
-bf16 dropout runs as one C kernel (`adapt.native`) that draws, masks and scales in a single pass.
+token alone. On CPUs dropout draws 64 random bits per four elements instead of one Bernoulli draw per
+element (the latter was ~10% of a MiniLM training step), and bf16 dropout runs as one C kernel
+(`adapt.native`) that draws, masks and scales in a single pass.
 
 The numbers are those of the transformers forward (tests compare logits and gradients); anything this
 path does not cover (decoder use, caches, requested attentions or hidden states, gradient checkpointing,
@@ -49,6 +49,17 @@ def install_for_task(model: torch.nn.Module, task) -> bool:
     return task.recipe.train.padding_free and install(model, first_token_only=task.first_token_only)
 
 
+def keep_threshold(p: float) -> int:
+    """Dropout keeps an element when its 16 random bits are at least this: rate round(p * 2^16) / 2^16."""
+    return round(p * 2**16)
+
+
+def kernel_seed() -> int:
+    """A seed for the native kernels' counter-based bits: one draw from torch's generator, so
+    `torch.manual_seed` and a checkpoint's RNG state decide them."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """`F.dropout` that drops with probability round(p * 2^16) / 2^16 (within 8e-6 of p). CPU Bernoulli
     sampling costs ~8 ns per element; here one 64-bit draw gives four elements 16 random bits each."""
@@ -60,7 +71,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return NativeDropout.apply(x, p)
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1).view(torch.int16)[:n]
-    keep = bits >= round(p * 2**16) - 2**15
+    keep = bits >= keep_threshold(p) - 2**15
     return torch.where(keep.view(x.shape), x, 0) * (1.0 / (1.0 - p))
 
 
@@ -74,10 +85,9 @@ class NativeDropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         x = x.contiguous()
         y, keep = torch.empty_like(x), torch.empty(x.shape, dtype=torch.uint8)
-        seed = int(torch.empty((), dtype=torch.int64).random_())
         ctx.scale = 1.0 / (1.0 - p)
-        native.library().dropout_bf16_forward(x.numel(), x.data_ptr(), y.data_ptr(), keep.data_ptr(), seed,
-                                              round(p * 2**16), ctx.scale, torch.get_num_threads())
+        native.library().dropout_bf16_forward(x.numel(), x.data_ptr(), y.data_ptr(), keep.data_ptr(), kernel_seed(),
+                                              keep_threshold(p), ctx.scale, torch.get_num_threads())
         ctx.save_for_backward(keep)
         return y
 
@@ -105,9 +115,8 @@ class NativeAttention(torch.autograd.Function):
         context = torch.empty_like(queries)
         softmax_stats = torch.empty(queries.shape[0], heads, 2, dtype=torch.float32)
         ctx.geometry = (len(q_starts) - 1, heads, queries.shape[1] // heads, q_starts.data_ptr(), k_starts.data_ptr(),
-                        queries.data_ptr(), queries.shape[1], keys.data_ptr(), keys.shape[1], values.data_ptr(),
-                        values.shape[1], queries.dtype == torch.bfloat16, scale, round(p * 2**16),
-                        1.0 / (1.0 - p), int(torch.empty((), dtype=torch.int64).random_()) if p else 0)
+                        queries.data_ptr(), keys.data_ptr(), values.data_ptr(), queries.dtype == torch.bfloat16, scale,
+                        keep_threshold(p), 1.0 / (1.0 - p), kernel_seed() if p else 0)
         native.library().attention_forward(*ctx.geometry, context.data_ptr(), softmax_stats.data_ptr(),
                                            torch.get_num_threads())
         ctx.save_for_backward(queries, keys, values, q_starts, k_starts, softmax_stats)
@@ -135,11 +144,16 @@ class Packing:
         self.real = attention_mask.bool()
         self.token_index = self.real.reshape(-1).nonzero().squeeze(1)  # positions of the real tokens, flattened
         self.starts = F.pad(self.real.sum(1).cumsum(0), (1, 0))  # row b's tokens are packed rows starts[b]:starts[b+1]
+        self._key_bias: dict[torch.dtype, torch.Tensor] = {}
 
     def key_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """The padded layout's additive key mask, shaped for [batch, heads, queries, keys] scores."""
-        bias = torch.zeros(self.batch, 1, 1, self.length, dtype=dtype, device=self.real.device)
-        return bias.masked_fill_(~self.real.view(self.batch, 1, 1, self.length), torch.finfo(dtype).min)
+        """The padded layout's additive key mask, shaped for [batch, heads, queries, keys] scores; built once
+        per forward and dtype, shared by the layers."""
+        if dtype not in self._key_bias:
+            bias = torch.zeros(self.batch, 1, 1, self.length, dtype=dtype, device=self.real.device)
+            self._key_bias[dtype] = bias.masked_fill_(~self.real.view(self.batch, 1, 1, self.length),
+                                                      torch.finfo(dtype).min)
+        return self._key_bias[dtype]
 
     def attend(self, attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                first_tokens_only: bool, p: float) -> torch.Tensor:

@@ -14,8 +14,8 @@ LIBRARY = Path(__file__).resolve().parent / "libadapt_native.so"
 SWITCH_VARIABLE = "ADAPT_NATIVE"  # "0" turns the kernels off
 
 _POINTERS, _I64, _I32 = ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_int64), ctypes.POINTER(ctypes.c_int32)
-_ATTENTION_INPUTS = [*[ctypes.c_int64] * 3, ctypes.c_void_p, ctypes.c_void_p, *[ctypes.c_void_p, ctypes.c_int64] * 3,
-                     ctypes.c_int, ctypes.c_float, ctypes.c_uint32, ctypes.c_float, ctypes.c_uint64]
+_ATTENTION_INPUTS = [*[ctypes.c_int64] * 3, *[ctypes.c_void_p] * 5, ctypes.c_int, ctypes.c_float, ctypes.c_uint32,
+                     ctypes.c_float, ctypes.c_uint64]
 _SIGNATURES = {  # name: (result, arguments)
     "adamw_sum_squares": (ctypes.c_double, [ctypes.c_int64, _I64, _POINTERS, _I32, ctypes.c_int]),
     "adamw_step": (None, [ctypes.c_int64, _I64, _POINTERS, _POINTERS, _POINTERS, _POINTERS, _I32, _POINTERS,
@@ -24,7 +24,7 @@ _SIGNATURES = {  # name: (result, arguments)
                                     ctypes.c_uint32, ctypes.c_float, ctypes.c_int]),
     "dropout_bf16_backward": (None, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
                                      ctypes.c_int]),
-    # sequences, heads, head size, query and key starts, (queries, keys, values, each with its row stride), is bf16,
+    # sequences, heads, head size, query and key starts, contiguous queries, keys and values, is bf16,
     # scale, dropout threshold and scale, seed, then the outputs (context, softmax statistics) or, for the
     # backward, the context's gradient, the statistics and the three gradients, then the thread count
     "attention_forward": (None, [*_ATTENTION_INPUTS, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]),

@@ -22,10 +22,9 @@
 #define KEY_BITS 20 /* key positions per (query row, head) in the dropout counter: sequences up to 2^20 */
 
 typedef struct {
-    const void *q, *k, *v; /* packed [rows, heads * head_size] */
-    int64_t heads, head_size, q_stride, k_stride, v_stride;
+    const void *q, *k, *v; /* packed, contiguous [rows, heads * head_size] */
+    int64_t heads, head_size;
     const int64_t *q_starts, *k_starts;
-    int bf16;
     float scale, drop_scale;
     uint32_t threshold; /* round(p * 65536); 0: no dropout */
     uint64_t seed;
@@ -156,11 +155,11 @@ SPECIALIZED void forward_task(const geometry *g, int bf16, int64_t s, int64_t h,
     if (lq <= 0 || lk <= 0) return;
     float *kt = malloc(sizeof(float) * (size_t)(width * d + lk * dp + 2 * ROWS * width + 2 * ROWS * dp));
     float *v = kt + width * d, *p = v + lk * dp, *keep = p + ROWS * width, *q = keep + ROWS * width, *o = q + ROWS * dp;
-    load_columns(g->k, bf16, g->k_stride, k0, lk, h, d, width, kt);
-    load_rows(g->v, bf16, g->v_stride, k0, lk, h, d, dp, v);
+    load_columns(g->k, bf16, hidden, k0, lk, h, d, width, kt);
+    load_rows(g->v, bf16, hidden, k0, lk, h, d, dp, v);
     for (int64_t i0 = 0; i0 < lq; i0 += ROWS) {
         const int64_t rows = lq - i0 < ROWS ? lq - i0 : ROWS;
-        load_block(g->q, bf16, g->q_stride, q0 + i0, rows, h, d, dp, q);
+        load_block(g->q, bf16, hidden, q0 + i0, rows, h, d, dp, q);
         block_product(q, dp, d, kt, width, width, g->scale, p, width);
         for (int64_t r = 0; r < ROWS; r++) {
             float *pr = p + r * width, *kr = keep + r * width;
@@ -195,13 +194,13 @@ SPECIALIZED void backward_task(const geometry *g, int bf16, int64_t s, int64_t h
     float *vt = kt + width * d, *k = vt + width * d, *dk = k + lk * dp, *dv = dk + lk * dp;
     float *p = dv + lk * dp, *keep = p + ROWS * width, *dw = keep + ROWS * width, *ds = dw + ROWS * width;
     float *q = ds + ROWS * width, *dout = q + ROWS * dp, *dq = dout + ROWS * dp;
-    load_columns(g->k, bf16, g->k_stride, k0, lk, h, d, width, kt);
-    load_columns(g->v, bf16, g->v_stride, k0, lk, h, d, width, vt);
-    load_rows(g->k, bf16, g->k_stride, k0, lk, h, d, dp, k);
+    load_columns(g->k, bf16, hidden, k0, lk, h, d, width, kt);
+    load_columns(g->v, bf16, hidden, k0, lk, h, d, width, vt);
+    load_rows(g->k, bf16, hidden, k0, lk, h, d, dp, k);
     memset(dk, 0, sizeof(float) * (size_t)(2 * lk * dp));
     for (int64_t i0 = 0; i0 < lq; i0 += ROWS) {
         const int64_t rows = lq - i0 < ROWS ? lq - i0 : ROWS;
-        load_block(g->q, bf16, g->q_stride, q0 + i0, rows, h, d, dp, q);
+        load_block(g->q, bf16, hidden, q0 + i0, rows, h, d, dp, q);
         load_block(grad_out, bf16, hidden, q0 + i0, rows, h, d, dp, dout);
         block_product(q, dp, d, kt, width, width, g->scale, p, width);
         block_product(dout, dp, d, vt, width, width, 1.0f, dw, width); /* dw[j] = dout . v_j */
@@ -245,22 +244,11 @@ SPECIALIZED void backward_task(const geometry *g, int bf16, int64_t s, int64_t h
     free(kt);
 }
 
-static geometry make_geometry(int64_t heads, int64_t head_size, const int64_t *q_starts, const int64_t *k_starts,
-                              const void *q, int64_t q_stride, const void *k, int64_t k_stride, const void *v,
-                              int64_t v_stride, int bf16, float scale, uint32_t threshold, float drop_scale,
-                              uint64_t seed) {
-    geometry g = {q, k, v, heads, head_size, q_stride, k_stride, v_stride, q_starts, k_starts, bf16, scale,
-                  drop_scale, threshold, seed};
-    return g;
-}
-
 /* Sequences of very different lengths: dynamic scheduling keeps both threads busy. */
 void attention_forward(int64_t sequences, int64_t heads, int64_t head_size, const int64_t *q_starts,
-                       const int64_t *k_starts, const void *q, int64_t q_stride, const void *k, int64_t k_stride,
-                       const void *v, int64_t v_stride, int bf16, float scale, uint32_t threshold, float drop_scale,
-                       uint64_t seed, void *out, float *stats, int threads) {
-    const geometry g = make_geometry(heads, head_size, q_starts, k_starts, q, q_stride, k, k_stride, v, v_stride,
-                                     bf16, scale, threshold, drop_scale, seed);
+                       const int64_t *k_starts, const void *q, const void *k, const void *v, int bf16, float scale,
+                       uint32_t threshold, float drop_scale, uint64_t seed, void *out, float *stats, int threads) {
+    const geometry g = {q, k, v, heads, head_size, q_starts, k_starts, scale, drop_scale, threshold, seed};
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
     for (int64_t task = 0; task < sequences * heads; task++) {
         if (bf16) forward_task(&g, 1, task / heads, task % heads, out, stats);
@@ -269,12 +257,10 @@ void attention_forward(int64_t sequences, int64_t heads, int64_t head_size, cons
 }
 
 void attention_backward(int64_t sequences, int64_t heads, int64_t head_size, const int64_t *q_starts,
-                        const int64_t *k_starts, const void *q, int64_t q_stride, const void *k, int64_t k_stride,
-                        const void *v, int64_t v_stride, int bf16, float scale, uint32_t threshold, float drop_scale,
-                        uint64_t seed, const void *grad_out, const float *stats, void *grad_q, void *grad_k,
-                        void *grad_v, int threads) {
-    const geometry g = make_geometry(heads, head_size, q_starts, k_starts, q, q_stride, k, k_stride, v, v_stride,
-                                     bf16, scale, threshold, drop_scale, seed);
+                        const int64_t *k_starts, const void *q, const void *k, const void *v, int bf16, float scale,
+                        uint32_t threshold, float drop_scale, uint64_t seed, const void *grad_out, const float *stats,
+                        void *grad_q, void *grad_k, void *grad_v, int threads) {
+    const geometry g = {q, k, v, heads, head_size, q_starts, k_starts, scale, drop_scale, threshold, seed};
 #pragma omp parallel for schedule(dynamic) num_threads(threads)
     for (int64_t task = 0; task < sequences * heads; task++) {
         if (bf16) backward_task(&g, 1, task / heads, task % heads, grad_out, stats, grad_q, grad_k, grad_v);
