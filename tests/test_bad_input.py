@@ -64,14 +64,14 @@ def test_validation_label_never_seen_in_train(tiny_bert, tmp_path, adapt_cache):
     validation = write_table(tmp_path / "validation.csv", [("fine", "positive"), ("meh", "neutral")])
     assert_user_error(finetune(tiny_bert, tmp_path / "out", "--data", str(train), "--validation", str(validation)),
                       tmp_path / "out",
-                      f"{validation}: label 'neutral' in the validation split never appears in train "
-                      "(train labels: negative, positive)", "set data.label_names")
+                      f"{validation}: line 3: label 'neutral' is not one of data.label_names (negative, positive)",
+                      "list every class in data.label_names")
 
 
 def test_integer_label_outside_label_names(tiny_bert, tmp_path, adapt_cache):
     train = write_table(tmp_path / "train.tsv", [("good", 1), ("bad", 0), ("odd", 7)])
     assert_user_error(finetune(tiny_bert, tmp_path / "out", "--data", str(train)), tmp_path / "out",
-                      f"{train}: label 7 is outside data.label_names (0..1)")
+                      f"{train}: line 4: label 7 is outside data.label_names (0..1)")
 
 
 def test_non_utf8_text_names_the_line(tiny_bert, tmp_path, adapt_cache):
@@ -121,10 +121,10 @@ def test_non_empty_output_dir_needs_overwrite(tiny_bert, sentiment_csv, tmp_path
         "or choose another --output-dir"]
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
 
+    # a folder that is not an adapt run is never deleted, not even with --overwrite (tests/test_trust_runs.py)
     result = finetune(tiny_bert, out, "--data", str(sentiment_csv), "--overwrite")
-    assert result.exit_code == 0, result.output
-    assert not (out / "notes.txt").exists()
-    assert (out / "model.safetensors").is_file() and (out / "metrics.json").is_file()
+    assert result.exit_code == 2 and "is not an adapt run" in result.stderr
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
 
 
 def test_real_command_prints_one_line_and_exits_2(tiny_bert, tmp_path):

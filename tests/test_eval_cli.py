@@ -47,11 +47,13 @@ def test_errors_surface_as_adapt_error(tmp_path):
 def test_model_evaluation_calls_runner(monkeypatch):
     calls = []
     runner = types.ModuleType("adapt.runner")
-    runner.evaluate_model = lambda *a: calls.append(a) or {"eval_accuracy": 0.9}
+    rows = [{"text": "because [the leads] are", "label": "pos", "prediction": "neg"}]
+    runner.evaluate_model = lambda *a: calls.append(a) or {"metrics": {"eval_accuracy": 0.9}, "predictions": rows,
+                                                            "data": "d.jsonl"}
     monkeypatch.setitem(sys.modules, "adapt.runner", runner)
     result = run("--model", "out/dir", "--data", "d.jsonl", "--set", "task.max_length=64", "--json")
     assert result.exit_code == 0, result.output
-    assert calls == [("out/dir", "d.jsonl", None, ["task.max_length=64"])]
+    assert calls == [("out/dir", "d.jsonl", None, ["task.max_length=64"], False)]
     assert json.loads(result.stdout)["scores"]["model"] == {"eval_accuracy": 0.9}
 
 

@@ -70,7 +70,7 @@ def test_cli_json_and_plot(tmp_path):
 
 @pytest.mark.parametrize("train, message", [
     ("text,label\ngood,positive\nbad,positive\nfine,positive\n", "every training example has label 'positive'"),
-    ("text,label\ngood,positive\n  ,negative\n", "train example 2 has empty input text"),
+    ("text,label\ngood,positive\n  ,negative\n", "line 3: the 'text' column is empty"),
 ])
 def test_broken_data_is_refused_and_nothing_written(tmp_path, train, message):
     overrides = _write(tmp_path, train=train, validation="text,label\nok,positive\nno,negative\n")

@@ -99,7 +99,7 @@ def test_unknown_recipe_lists_the_recipes():
 def test_bad_yaml_files_are_named(tmp_path):
     broken = tmp_path / "broken.yaml"
     broken.write_text("task: [classification\n")
-    with pytest.raises(AdaptError, match=rf"{broken}: not valid YAML"):
+    with pytest.raises(AdaptError, match=rf"{broken}: line 2: not valid YAML"):
         resolve_recipe(str(broken))
     listing = tmp_path / "list.yaml"
     listing.write_text("- task\n- model\n")

@@ -71,7 +71,8 @@ def test_estimate_counts_steps_and_flops(tmp_path, monkeypatch):
     lines += [f"{'bad ' * (i % 3 + 1)}film {i},negative" for i in range(30)]
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
     recipe = resolve_recipe("sentiment", [("model", str(tmp_path / "tiny")), ("data.train", str(tmp_path / "train.csv")),
-                                          ("train.batch_size", 8), ("train.epochs", 2), ("train.grad_accum", 2)])
+                                          ("train.batch_size", 8), ("train.epochs", 2), ("train.grad_accum", 2),
+                                          ("train.max_length", 64)])  # the tiny model has 64 positions
     report = estimate(recipe, timed_steps=1)
     # 54 train examples after the 10% validation carve -> 7 micro-batches per epoch, 14 in 2 epochs, 7 steps
     assert report["train_examples"] == 54

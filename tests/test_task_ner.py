@@ -162,11 +162,11 @@ def test_bad_input_names_the_file_and_line(tmp_path):
         task.read_source(str(tmp_path / "broken.txt"), "train")
 
     (tmp_path / "iob.txt").write_text("Alice PER\n")
-    with pytest.raises(AdaptError, match=r"iob\.txt: example 1: tag 'PER' is not IOB2"):
+    with pytest.raises(AdaptError, match=r"iob\.txt: line 1: tag 'PER' has no known shape; use O, or PREFIX-TYPE"):
         task.read_source(str(tmp_path / "iob.txt"), "train")
 
     (tmp_path / "short.jsonl").write_text(json.dumps({"tokens": ["a", "b"], "ner_tags": ["O"]}) + "\n")
-    with pytest.raises(AdaptError, match=r"short\.jsonl: example 1 has 2 words but 1 tags"):
+    with pytest.raises(AdaptError, match=r"short\.jsonl: (example|line) 1 has 2 words but 1 tags"):
         task.read_source(str(tmp_path / "short.jsonl"), "train")
 
 

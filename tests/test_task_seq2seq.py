@@ -93,7 +93,7 @@ def test_jsonl_lists_join_sources_and_keep_every_reference(tmp_path, tiny_bert):
     assert ds[0]["target"] == "model 0 improves results"
     assert ds[0]["references"] == ["model 0 improves results", "it works"]
     (tmp_path / "empty.jsonl").write_text(json.dumps({"source": ["x"], "target": []}) + "\n")
-    with pytest.raises(AdaptError, match="example 1 has an empty 'target'"):
+    with pytest.raises(AdaptError, match=r"empty\.jsonl: line 1: 'target' is null or empty"):
         task.read_source(str(tmp_path / "empty.jsonl"), "train")
 
 

@@ -1,10 +1,16 @@
 """Training checkpoints without pickle: weights, optimizer and RNG states in safetensors, the rest in JSON.
-Each checkpoint is written to a temporary folder and renamed into place, so a killed run never leaves a
-checkpoint that `--resume` could pick half-written."""
+Each checkpoint is written to a temporary folder, fsync'd, and renamed into place (the parent folder fsync'd
+after), so a killed run never leaves a checkpoint that `--resume` could pick half-written. A manifest of
+every file's size and SHA-256, written last, lets `--resume` notice a checkpoint damaged afterwards (a
+truncated copy, a bad disk) and fall back to the newest intact one. Each checkpoint also records what the
+run it belongs to was (`run.json`: its trajectory settings, data fingerprints, batch size, gradient
+accumulation, world size), so that a resume with other settings is refused."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -15,9 +21,12 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from adapt import outputs
 from adapt.errors import AdaptError
 
 STATE_FILE = "trainer_state.json"
+MANIFEST = "manifest.json"
+RUN_FILE = "run.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
@@ -95,6 +104,78 @@ def load_state(folder: Path, weights, optimizer, scheduler) -> dict:
                                                    json.loads((folder / "optimizer.json").read_text())))
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
     return json.loads((folder / STATE_FILE).read_text())
+
+
+def commit(tmp: Path, target: Path, run: dict) -> None:
+    """Seal a checkpoint written into `tmp` and rename it to `target` (replacing an older one of that name):
+    the run description and the manifest are added, modes set by the umask, every file and folder fsync'd
+    before the rename and the parent after."""
+    (tmp / RUN_FILE).write_text(json.dumps(run, indent=2))
+    files = sorted(p for p in tmp.iterdir() if p.is_file() and p.name != MANIFEST)
+    manifest = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    outputs.seal_tree(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    outputs.fsync_dir(target.parent)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def damage(folder: Path) -> str | None:
+    """Why the checkpoint in `folder` cannot be trusted (a file missing, of another size or content than its
+    manifest says; for checkpoints without a manifest, unreadable JSON or safetensors headers), or None."""
+    manifest_path = folder / MANIFEST
+    if manifest_path.exists():
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return f"{MANIFEST} is not valid JSON"
+        for name, expected in manifest.items():
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size != expected["bytes"]:
+                return f"{name} has {path.stat().st_size} bytes, {expected['bytes']} were written"
+            if _sha256(path) != expected["sha256"]:
+                return f"{name} differs from what was written (SHA-256 mismatch)"
+        return None
+    from safetensors import safe_open
+
+    for path in sorted(folder.iterdir()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".safetensors":
+                with safe_open(str(path), "pt") as handle:
+                    handle.keys()
+        except Exception as err:  # noqa: BLE001 - any failure to read is damage
+            return f"{path.name} cannot be read ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    return None
+
+
+def latest_intact(checkpoint_dir: Path) -> tuple[Path | None, list[tuple[Path, str]]]:
+    """(the newest complete checkpoint that is not damaged, or None; the newer damaged ones skipped, with why)."""
+    skipped = []
+    for _, folder in reversed(step_checkpoints(checkpoint_dir)):
+        why = damage(folder)
+        if why is None:
+            return folder, skipped
+        skipped.append((folder, why))
+    return None, skipped
+
+
+def read_run(folder: Path) -> dict | None:
+    """The run description a checkpoint was saved with (see `commit`); None for checkpoints of older versions."""
+    path = folder / RUN_FILE
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def step_checkpoints(checkpoint_dir: Path) -> list[tuple[int, Path]]:

@@ -65,6 +65,9 @@ def finetune(
              "max_train_examples": max_train_examples, "eval_steps": eval_steps, "save_steps": save_steps,
              "output_dir": output_dir, "seed": seed}
     resolved = resolve_with_flags(recipe, flags, overrides)
+    from adapt.preflight import check_recipe
+
+    check_recipe(resolved)  # before any data is read; the loop repeats it with the model checks (preflight.check_run)
     if num_processes > 1:
         from adapt.launch import relaunch
 
@@ -90,16 +93,24 @@ def predict(
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation tasks: tokens to generate.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Generation tasks: sampling temperature (0 = greedy).")] = None,
     top_p: Annotated[Optional[float], typer.Option(help="Generation tasks: nucleus sampling mass.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped in the model folder (never enabled by the folder's own recipe.yaml).")] = False,
 ) -> None:
     """Run a fine-tuned model on new inputs: labels, entities, answers or generated text."""
+    from pathlib import Path
+
     from adapt.runner import load_trained, predict_stream
     from adapt.ui import console, prediction_table
 
+    if output_format not in ("jsonl", "table"):
+        raise AdaptError(f"--format must be jsonl or table, not '{output_format}'")
+    if file and not texts and not Path(file).is_file():  # found before the model loads
+        raise AdaptError(f"--file {file}: {'is a directory' if Path(file).is_dir() else 'no such file'}; "
+                         "give a text file with one input per line")
     sets = list(overrides or [])
     for key, value in (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_p", top_p)):
         if value is not None:
             sets.append(f"task_options.{key}={value}")
-    task, loaded = load_trained(model, None, sets)
+    task, loaded = load_trained(model, None, sets, trust_remote_code)
     if texts:
         inputs = iter(texts)
     else:
@@ -111,8 +122,6 @@ def predict(
     elif output_format == "jsonl":
         for record in records:
             sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_plain) + "\n")
-    else:
-        raise AdaptError(f"--format must be jsonl or table, not '{output_format}'")
 
 
 def _plain(value: Any):

@@ -54,13 +54,15 @@ def data_inspect_command(
     if as_json:
         _print_json(report)
         return
+    from rich.text import Text
+
     from adapt.inspect_data import inspect_tables
     from adapt.ui import console
 
     for table in inspect_tables(report):
         console.print(table)
     for note in report["warnings"]:
-        console.print(f"[yellow]warning:[/] {note}")
+        console.print(Text.assemble(("warning:", "yellow"), " ", note))  # the note is literal text
     if plot:
         console.print(f"length histogram written to {report['plot']}")
 

@@ -8,12 +8,15 @@ import csv
 import gzip
 import hashlib
 import io
+import functools
 import json
 import lzma
+import re
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from datasets import Dataset, load_from_disk
 
@@ -33,14 +36,29 @@ def split_suffix(path: Path) -> tuple[str, str]:
 
 
 def read_text(path: Path) -> str:
-    """Whole file as UTF-8 text (transparently decompressed); non-UTF-8 bytes are an error naming the line."""
+    """Whole file as UTF-8 text (transparently decompressed).
+
+    Raises:
+        AdaptError: the file is missing, a folder, unreadable, truncated/corrupt compressed data, or not UTF-8
+            (naming the line of the first bad byte)."""
     path = Path(path)
     if not path.exists():
         raise AdaptError(f"data file {path} does not exist; check the path (relative to {Path.cwd()})")
+    if path.is_dir():
+        raise AdaptError(f"{path} is a folder, not a data file; point at a file ({', '.join(TABLE_SUFFIXES)})")
     _, compression = split_suffix(path)
     opener = _OPENERS.get(compression, open)
-    with opener(path, "rb") as handle:
-        raw = handle.read()
+    try:
+        with opener(path, "rb") as handle:
+            raw = handle.read()
+    except PermissionError:
+        raise AdaptError(f"{path}: permission denied; make the file readable (chmod u+r)") from None
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
+        reason = str(err) or type(err).__name__
+        if compression:
+            raise AdaptError(f"{path}: the {compression[1:]} data is truncated or corrupt ({reason}); "
+                             "download the file again or re-compress it") from None
+        raise AdaptError(f"{path}: cannot be read ({reason})") from None
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
@@ -50,68 +68,350 @@ def read_text(path: Path) -> str:
         ) from None
 
 
+def _jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
+    """(physical line number, line) of each non-blank line; lines end at '\\n' only (a JSON string may hold
+    U+2028 and other characters that `str.splitlines` would split at)."""
+    for number, line in enumerate(text.split("\n"), 1):
+        if line.strip():
+            yield number, line
+
+
 def read_jsonl(path: Path, text: str | None = None) -> list[dict]:
+    """One JSON object per non-blank line.
+
+    Raises:
+        AdaptError: a line is not valid JSON, not an object, or repeats a key (naming the physical line)."""
     text = read_text(path) if text is None else text
     rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    for number, line in _jsonl_lines(text):
         try:
-            row = json.loads(line)
+            row = json.loads(line, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as err:
             raise AdaptError(f"{path}: line {number} is not valid JSON ({err.msg}); fix or remove that line") from None
+        except _DuplicateKey as err:
+            raise AdaptError(f"{path}: line {number} has the key '{err.key}' twice; keep one") from None
         if not isinstance(row, dict):
-            raise AdaptError(f"{path}: line {number} is not a JSON object")
+            raise AdaptError(f"{path}: line {number} is {_json_kind(row)}, not a JSON object; each line must be "
+                             'an object like {"text": ..., "label": ...}')
         rows.append(row)
     return rows
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """json `object_pairs_hook`: a dict, refusing a key given twice (plain json keeps the last silently)."""
+    row = dict(pairs)
+    if len(row) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return row
+
+
+def _json_kind(value: Any) -> str:
+    """'a number', 'a string', ... for messages about JSON values."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+# csv's default limit (131,072 characters per field) is shorter than many documents
+_CSV_FIELD_LIMIT = 2**31 - 1
+_DELIMITER_NAMES = {",": "comma", "\t": "tab", ";": ";", "|": "|"}
+
+
+def _csv_records(path: Path, text: str, kind: str) -> Iterator[tuple[int, list[str]]]:
+    """(physical line on which the record starts, fields) for each non-blank record of CSV/TSV text, header
+    first. Quoted fields may span lines, so record numbers and line numbers differ; blank lines are skipped.
+
+    Raises:
+        AdaptError: the csv module cannot parse a record (naming its line)."""
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    delimiter = "\t" if kind == ".tsv" else ","
+    # TSV files in NLP (GLUE) are unquoted; quotes inside sentences are literal characters
+    quoting = csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    ended = 0
+    try:
+        for row in reader:
+            start, ended = ended + 1, reader.line_num
+            if row and not (len(row) == 1 and not row[0].strip()):
+                yield start, row
+    except csv.Error as err:
+        raise AdaptError(f"{path}: line {reader.line_num} cannot be parsed as {kind[1:].upper()} ({err}); "
+                         "fix that line") from None
+
+
+def _delimiter_hint(path: Path, kind: str, text: str) -> str | None:
+    """'looks ;-separated ...; <fix>' when the first line has no field separator of the file's type but
+    another common one, else None."""
+    first = next((line for line in text.split("\n") if line.strip()), "")
+    ours = "\t" if kind == ".tsv" else ","
+    if ours in first:
+        return None
+    for candidate in ("\t", ";", "|", ","):
+        if candidate != ours and candidate in first:
+            name = _DELIMITER_NAMES[candidate]
+            fields = len(first.split(candidate))
+            if candidate == "\t":
+                fix = f"rename it to {path.name.replace(kind, '.tsv')} (tab-separated files must end in .tsv)"
+            elif candidate == ",":
+                fix = f"rename it to {path.name.replace(kind, '.csv')} (comma-separated files must end in .csv)"
+            else:
+                fix = "re-save it with commas as the separator (.csv) or tabs (.tsv)"
+            return (f"{path}: looks {name}-separated, not {_DELIMITER_NAMES[ours]}-separated (its first line has "
+                    f"{fields} {name}-separated fields); {fix}")
+    return None
+
+
+def _read_csv(path: Path, kind: str, text: str) -> Dataset:
+    records = _csv_records(path, text, kind)
+    first = next(records, None)
+    if first is None:
+        raise AdaptError(f"{path}: the file is empty; it needs a header line and at least one example")
+    header_line, header = first
+    if len(header) == 1 and (hint := _delimiter_hint(path, kind, text)):
+        raise AdaptError(hint)
+    header = [h.strip() or f"column_{position}" for position, h in enumerate(header, 1)]
+    positions: dict[str, int] = {}
+    for position, name in enumerate(header, 1):
+        if name in positions:
+            raise AdaptError(f"{path}: line {header_line}: the header names column '{name}' twice (columns "
+                             f"{positions[name]} and {position}); rename or remove one")
+        positions[name] = position
+    columns: list[list[str]] = [[] for _ in header]
+    for line, row in records:
+        if len(row) != len(header):
+            spans = next(
+                (f" (a quoted field starting there runs on over several lines: check for an unclosed \")"
+                 for field in row if "\n" in field), "")
+            raise AdaptError(f"{path}: line {line} has {len(row)} fields but the header has {len(header)}"
+                             f"{spans}; fix that line")
+        for column, value in zip(columns, row):
+            column.append(value)
+    return Dataset.from_dict(dict(zip(header, columns)))
+
+
+def _json_value_kind(value: Any) -> str | None:
+    """The Arrow-relevant kind of a JSON value ('number', 'string', 'list of string', ...); None for null (and
+    NaN, which Python's json reads and pandas writes for a missing value)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, list):
+        inner = {_json_value_kind(v) for v in value} - {None}
+        return "list" if not inner else f"list of {inner.pop()}" if len(inner) == 1 else "mixed list"
+    return {"a number": "number", "true/false": "true/false", "a string": "string"}.get(_json_kind(value), "object")
+
+
+def rows_to_dataset(path: Path, rows: list[dict]) -> Dataset:
+    """A Dataset from JSON objects: columns are the union of all keys (missing values are null).
+
+    Raises:
+        AdaptError: a field holds values of different types in different rows (e.g. numbers and strings,
+            which Arrow cannot store in one column), or a list mixes types; names the row's line."""
+    kinds: dict[str, tuple[str, int]] = {}
+    names: dict[str, None] = {}
+    for index, row in enumerate(rows):
+        for key, value in row.items():
+            names.setdefault(key)
+            kind = _json_value_kind(value)
+            if kind is None:
+                continue
+            if "mixed list" in kind:
+                raise AdaptError(f"{path}: {row_location(str(path), index)}: field '{key}' is a list mixing "
+                                 "numbers, strings or other types; make its items all one type")
+            first = kinds.setdefault(key, (kind, index))
+            if first[0] == "list" and kind.startswith("list of"):  # an empty list says nothing of its items
+                kinds[key] = (kind, index)
+            elif first[0] != kind and not (kind == "list" and first[0].startswith("list")):
+                raise AdaptError(
+                    f"{path}: {row_location(str(path), index)}: field '{key}' is {kind} ({json.dumps(value)[:40]}) "
+                    f"but {first[0]} on {row_location(str(path), first[1])}; give every row the same type "
+                    f'(e.g. quote numbers: "1")')
+    try:
+        columns = {}
+        for name in names:
+            column = [row.get(name) for row in rows]
+            if kinds.get(name, ("",))[0] != "number":  # NaN (a missing value) in a text column is null
+                column = [None if isinstance(v, float) and v != v else v for v in column]
+            columns[name] = column
+        return Dataset.from_dict(columns)
+    except Exception as err:  # pyarrow raises several types for values it cannot store together
+        reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise AdaptError(f"{path}: its values cannot form a table ({reason}); give each field one type") from None
+
+
+def _read_json(path: Path, text: str) -> Dataset:
+    try:
+        data = json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as err:
+        if err.msg == "Extra data":  # one object per line: JSON Lines under a .json name
+            return rows_to_dataset(path, read_jsonl(path, text))
+        raise AdaptError(f"{path}: line {err.lineno} is not valid JSON ({err.msg}); fix that line") from None
+    except _DuplicateKey as err:
+        raise AdaptError(f"{path}: an object has the key '{err.key}' twice; keep one") from None
+    if isinstance(data, dict) and "data" in data and isinstance(data["data"], list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise AdaptError(f"{path}: expected a JSON list of objects (or JSON Lines, one object per line)")
+    for index, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise AdaptError(f"{path}: {row_location(str(path), index)}: item {index + 1} of the JSON list is "
+                             f"{_json_kind(item)} ({json.dumps(item)[:40]}), not an object; expected a list of "
+                             'objects like {"text": ..., "label": ...}')
+    return rows_to_dataset(path, data)
+
+
+def _sniff(path: Path) -> str:
+    """What a file that failed to parse as Parquet seems to hold, as advice."""
+    with open(path, "rb") as handle:
+        head = handle.read(512)
+    if head.startswith(b"PAR1"):
+        return "it starts like Parquet but is truncated or corrupt; export it again"
+    if head[:2] == b"\x1f\x8b":
+        return "it is gzip-compressed; decompress it (Parquet compresses internally)"
+    try:
+        text = head.decode("utf-8-sig").lstrip()
+    except UnicodeDecodeError:
+        return "export it again as Parquet"
+    if text.startswith(("{", "[")):
+        return "it holds JSON text; rename it to .json or .jsonl"
+    if text:
+        return "it holds text; rename it to its real type (.csv, .tsv, .jsonl)"
+    return "the file is empty; export it again"
+
+
+def _read_parquet(path: Path, compression: str) -> Dataset:
+    if not path.exists() or path.is_dir():
+        read_text(path)  # raises the standard missing-file / folder error
+    if compression:
+        raise AdaptError(f"{path}: Parquet files cannot be read {compression[1:]}-compressed; decompress it "
+                         "(Parquet compresses internally)")
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # pyarrow: ArrowInvalid, OSError, ...
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split("': ")[-1].split(". ")[0][:120]
+        raise AdaptError(f"{path}: not a readable Parquet file ({reason}); {_sniff(path)}") from None
+    names = table.column_names
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise AdaptError(f"{path}: column '{duplicates[0]}' appears twice; rename one and export again")
+    return Dataset.from_pandas(table.to_pandas(), preserve_index=False)
+
+
 def read_table(path: Path) -> Dataset:
-    """A local tabular file as a Dataset, one row per example."""
+    """A local tabular file (CSV, TSV, JSON list, JSON Lines, Parquet; optionally .gz/.bz2/.xz) as a Dataset,
+    one row per example, every column as stored (CSV/TSV cells stay strings).
+
+    Raises:
+        AdaptError: anything wrong with the file, in one line naming the file and, where known, the physical
+            line, with the fix (wrong separator, duplicated header, fields of mixed types, ...)."""
     path = Path(path)
-    kind, _ = split_suffix(path)
+    kind, compression = split_suffix(path)
     if kind not in TABLE_SUFFIXES:
         raise AdaptError(f"{path}: unsupported file type '{kind or path.name}'; use one of {', '.join(TABLE_SUFFIXES)}")
-    if kind == ".parquet":
-        import pandas as pd
+    try:
+        if kind == ".parquet":
+            return _read_parquet(path, compression)
+        text = read_text(path)
+        if kind in (".csv", ".tsv"):
+            return _read_csv(path, kind, text)
+        if not text.strip():
+            raise AdaptError(f"{path}: the file is empty; it needs at least one example (one JSON object per line)")
+        if kind == ".json" and text.lstrip().startswith(("[", "{")):
+            return _read_json(path, text)
+        return rows_to_dataset(path, read_jsonl(path, text))
+    except AdaptError:
+        raise
+    except Exception as err:  # a reader failing on a bad file in a way not foreseen above: still one line
+        reason = str(err).splitlines()[0][:200] if str(err) else ""
+        raise AdaptError(f"{path}: cannot be read as {kind[1:].upper()} ({type(err).__name__}: {reason}); "
+                         "check that the file is complete and of the type its name says") from err
 
-        if not path.exists():
-            read_text(path)  # raises the standard missing-file error
-        return Dataset.from_pandas(pd.read_parquet(path), preserve_index=False)
-    text = read_text(path)
-    if kind in (".csv", ".tsv"):
-        delimiter = "\t" if kind == ".tsv" else ","
-        # TSV files in NLP (GLUE) are unquoted; quotes inside sentences are literal characters
-        quoting = csv.QUOTE_NONE if kind == ".tsv" else csv.QUOTE_MINIMAL
-        reader = csv.reader(io.StringIO(text), delimiter=delimiter, quoting=quoting)
-        header = next(reader, None)
-        if header is None:
-            raise AdaptError(f"{path}: the file is empty; it needs a header line and at least one example")
-        header = [h.strip() for h in header]
-        columns: dict[str, list] = {h: [] for h in header}
-        for number, row in enumerate(reader, 2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise AdaptError(
-                    f"{path}: line {number} has {len(row)} fields but the header has {len(header)}; fix that line"
-                )
-            for name, value in zip(header, row):
-                columns[name].append(value)
-        return Dataset.from_dict(columns)
-    if kind == ".json" and text.lstrip().startswith(("[", "{")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            if err.msg == "Extra data":  # one object per line: JSON Lines under a .json name
-                return Dataset.from_list(read_jsonl(path, text))
-            raise AdaptError(f"{path}: line {err.lineno} is not valid JSON ({err.msg})") from None
-        if isinstance(data, dict) and "data" in data and isinstance(data["data"], list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise AdaptError(f"{path}: expected a JSON list of objects (or JSON Lines, one object per line)")
-        return Dataset.from_list(data)
-    return Dataset.from_list(read_jsonl(path, text))
+
+def row_location(source: str, index: int) -> str:
+    """Where row `index` (0-based) of the examples read from the local file `source` sits, for error messages:
+    "line 7" (1-based physical line on which the row starts: CSV/TSV records counted after quoted newlines and
+    blank lines, JSON Lines, items of a top-level JSON list), else "record 8" (1-based: Parquet, Hub datasets,
+    other formats). The index is into the split as read from the file, before a validation split is carved.
+
+    Computed on demand by re-reading the file (cached per file version), so call it only to raise an error."""
+    path = Path(source)
+    try:
+        stat = path.stat() if path.is_file() else None
+    except OSError:
+        stat = None
+    if stat is not None:
+        lines = _row_lines(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        if lines is not None and 0 <= index < len(lines):
+            return f"line {lines[index]}"
+    return f"record {index + 1}"
+
+
+@functools.lru_cache(maxsize=8)
+def _row_lines(path_text: str, size: int, mtime_ns: int) -> tuple[int, ...] | None:
+    """The starting physical line of every row of a local table file (None where lines are unknowable).
+    `size` and `mtime_ns` only key the cache."""
+    path = Path(path_text)
+    kind, _ = split_suffix(path)
+    try:
+        if kind in (".csv", ".tsv"):
+            records = _csv_records(path, read_text(path), kind)
+            next(records, None)  # the header
+            return tuple(line for line, _ in records)
+        if kind not in (".json", ".jsonl"):
+            return None
+        text = read_text(path)
+        stripped = text.lstrip()
+        if kind == ".json" and stripped.startswith("["):
+            return _json_list_lines(text)
+        if kind == ".json" and stripped.startswith("{"):
+            try:
+                json.loads(text)
+                return None  # one object wrapping a list ({"data": [...]}): no line per row
+            except json.JSONDecodeError:
+                pass
+        return tuple(number for number, _ in _jsonl_lines(text))
+    except (AdaptError, ValueError):
+        return None
+
+
+_JSON_GAP = re.compile(r"[\s,]*")
+
+
+def _json_list_lines(text: str) -> tuple[int, ...]:
+    """Starting line of each item of a JSON text whose top level is a list."""
+    decoder = json.JSONDecoder()
+    pos = text.index("[") + 1
+    line = text.count("\n", 0, pos) + 1
+    lines = []
+    while True:
+        end = _JSON_GAP.match(text, pos).end()
+        line += text.count("\n", pos, end)
+        pos = end
+        if pos >= len(text) or text[pos] == "]":
+            return tuple(lines)
+        lines.append(line)
+        _, end = decoder.raw_decode(text, pos)
+        line += text.count("\n", pos, end)
+        pos = end
 
 
 def is_local(ref: str) -> bool:
@@ -135,6 +435,47 @@ def load_hub_split(ref: str, config: str | None, split: str) -> Dataset:
 def check_not_empty(ds: Dataset, source: str) -> None:
     if len(ds) == 0:
         raise AdaptError(f"{source}: the split has no examples; give a file with at least one example")
+
+
+# Raw columns that hold answers or bookkeeping rather than model input; every other text column is input.
+NON_INPUT_COLUMNS = {"label", "labels", "tags", "target", "targets", "references", "answers", "id", "title"}
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def input_columns(ds: Dataset, group_column: str | None = None) -> list[str]:
+    """Columns of text (or lists of words) that the model reads, in the order the task stores them (judged
+    by the first row; `group_column`, e.g. a QA title, is bookkeeping)."""
+    skip = NON_INPUT_COLUMNS | ({group_column} if group_column else set())
+    first = ds[0]
+    return [c for c in ds.column_names if c not in skip and _is_text(first[c])]
+
+
+def check_texts(ds: Dataset, columns: list[str], source: str, shown: dict[str, str] | None = None) -> None:
+    """Refuse the first example whose value in one of the input `columns` is null, not text, or only
+    whitespace (a list of words counts as empty when it has no non-blank word). `shown` maps a column to
+    the name the user gave it (data.columns), for the message.
+
+    Raises:
+        AdaptError: "<source>: line N: the 'text' column is empty; ..." (the row's physical line, see
+            `row_location`)."""
+    for column in columns:
+        for index, value in enumerate(ds[column]):
+            if isinstance(value, list):
+                empty = not any(isinstance(v, str) and v.strip() for v in value)
+            elif value is None or isinstance(value, str):
+                empty = value is None or not value.strip()
+            else:
+                name = (shown or {}).get(column, column)
+                raise AdaptError(f"{source}: {row_location(source, index)}: the '{name}' column holds "
+                                 f"{_json_kind(value)} ({value!r:.40}), not text; quote it as a string or map the "
+                                 "text column with data.columns")
+            if empty:
+                name = (shown or {}).get(column, column)
+                raise AdaptError(f"{source}: {row_location(source, index)}: the '{name}' column is empty; "
+                                 "remove that row or fill it in (or map the right column with data.columns)")
 
 
 def require_columns(ds: Dataset, names: list[str], source: str) -> None:

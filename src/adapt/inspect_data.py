@@ -9,22 +9,10 @@ from typing import Any
 import numpy as np
 from datasets import Dataset
 
+from adapt.data import input_columns
 from adapt.errors import AdaptError
 
-# Raw columns that hold answers or bookkeeping rather than model input; every other text column is input.
-NON_INPUT_COLUMNS = {"label", "labels", "tags", "target", "targets", "references", "answers", "id", "title"}
 PERCENTILES = (50, 90, 95, 99)
-
-
-def _is_text(value: Any) -> bool:
-    return isinstance(value, str) or (isinstance(value, list) and all(isinstance(v, str) for v in value))
-
-
-def input_columns(ds: Dataset, group_column: str | None = None) -> list[str]:
-    """Columns of text (or lists of words) that the model reads, in the order the task stores them."""
-    skip = NON_INPUT_COLUMNS | ({group_column} if group_column else set())
-    first = ds[0]
-    return [c for c in ds.column_names if c not in skip and _is_text(first[c])]
 
 
 def _as_text(value: Any) -> str:
@@ -86,21 +74,6 @@ def label_distribution(ds: Dataset) -> dict[str, int] | None:
     return None
 
 
-def check_usable(splits: dict[str, Dataset], keys: dict[str, list[tuple[str, ...]]], sources: dict[str, str]) -> None:
-    """Refuse data that would train nothing useful: empty inputs, or a train split with a single label."""
-    for name in splits:
-        for number, key in enumerate(keys[name], 1):
-            if not any(key):
-                raise AdaptError(f"{sources[name]}: {name} example {number} has empty input text; "
-                                 "remove empty rows or map the right column with data.columns.text=COLUMN")
-    train = splits["train"]
-    if "label" in train.column_names and len(train) > 1:
-        labels = set(map(str, train["label"]))
-        if len(labels) == 1:
-            raise AdaptError(f"{sources['train']}: every training example has label '{labels.pop()}'; a classifier "
-                             "needs at least two labels (check data.columns.label)")
-
-
 def inspect_splits(splits: dict[str, Dataset], tokenizer, max_length: int | None, sources: dict[str, str],
                    group_column: str | None = None) -> tuple[dict[str, Any], dict[str, list[int]]]:
     """(report, token lengths per split) for already-loaded raw splits; raises AdaptError for unusable data."""
@@ -110,7 +83,8 @@ def inspect_splits(splits: dict[str, Dataset], tokenizer, max_length: int | None
             raise AdaptError(f"{sources[name]}: the {name} split has no text column to inspect "
                              f"(columns: {', '.join(splits[name].column_names)})")
     keys = {name: example_keys(ds, columns[name]) for name, ds in splits.items()}
-    check_usable(splits, keys, sources)
+    # data that cannot train (empty texts or labels, one class, ...) was refused when the task read the splits,
+    # on the path `adapt finetune` takes too (Task.read_source, the task's normalize and setup)
     train_keys = set(keys["train"])
     report: dict[str, Any] = {"max_length": max_length, "input_columns": columns["train"], "splits": {}}
     lengths: dict[str, list[int]] = {}
@@ -149,21 +123,31 @@ def data_warnings(report: dict[str, Any]) -> list[str]:
 
 
 def inspect_recipe(recipe) -> tuple[dict[str, Any], dict[str, list[int]]]:
-    """Load the recipe's splits exactly as `adapt finetune` would and inspect them."""
-    from adapt import assets
-    from adapt.tasks import get_task
+    """Load the recipe's splits exactly as `adapt finetune` does (the same reading, validation, tokenization
+    and preflight checks, through `adapt.train.load_task_data` and `adapt.preflight.check_run`) and inspect them."""
+    from accelerate.state import AcceleratorState
 
-    task = get_task(recipe)
-    tokenizer = task.load_tokenizer(assets.resolve_model_path(recipe.tokenizer or recipe.model))
-    splits = task.load_splits()
+    from adapt import preflight
+    from adapt.train import load_task_data, make_accelerator
+
+    AcceleratorState._reset_state()
+    task, model_path, splits, _ = load_task_data(recipe, make_accelerator())
+    preflight.check_run(recipe, task, model_path, splits, output=False)
+    tokenizer = task.tokenizer
     cfg = recipe.data
     sources = {"train": cfg.train,
                "validation": cfg.validation or f"{cfg.train} (validation carved from train)",
                "test": cfg.test or ""}
     # plain text for a language model is packed into blocks of block_size tokens: nothing is truncated
     packed = hasattr(task.options, "block_size") and input_columns(splits["train"]) == ["text"]
-    limit = None if packed else recipe.train.max_length
+    # question answering reads a long context in several overlapping windows: nothing is truncated either;
+    # the task reports its windows per question and its unanswerable questions instead
+    windowed = hasattr(task, "inspect_split")
+    limit = None if packed or windowed else recipe.train.max_length
     report, lengths = inspect_splits(splits, tokenizer, limit, sources, task.group_column)
+    if windowed:
+        for name, ds in splits.items():
+            report["splits"][name].update(task.inspect_split(ds))
     report.update({"recipe": recipe.name, "task": recipe.task, "tokenizer": recipe.tokenizer or recipe.model})
     return report, lengths
 
@@ -192,6 +176,10 @@ def inspect_tables(report: dict[str, Any]) -> list:
     if any("target_tokens" in e for e in splits.values()):
         row("target tokens p95 / max", lambda e: f"{e['target_tokens']['p95']} / {e['target_tokens']['max']}"
             if "target_tokens" in e else "-")
+    if any("windows" in e for e in splits.values()):
+        row("context windows mean / max", lambda e: f"{e['windows']['mean']} / {e['windows']['max']}")
+        row("questions in >1 window", lambda e: f"{e['windows']['questions_with_several']:,}")
+        row("unanswerable questions", lambda e: f"{e['unanswerable']:,}")
     row("exact duplicates", lambda e: f"{e['duplicates']:,}")
     row("also in train", lambda e: f"{e['overlap_with_train']:,}" if "overlap_with_train" in e else "-")
     tables = [overview]

@@ -1,5 +1,7 @@
-"""Parameter-efficient fine-tuning with `peft`: LoRA with per-architecture target modules, any other peft
-method by name, adapter loading, and merging an adapter into a plain checkpoint."""
+"""Parameter-efficient fine-tuning with `peft`: LoRA (peft's own default target modules per architecture,
+"all-linear" where peft has none), any other peft method by name, adapter folders that carry what rebuilds
+their model (base config with the labels and task head, generation config), loading them from safetensors
+only, and merging an adapter into a plain checkpoint."""
 
 from __future__ import annotations
 
@@ -8,42 +10,78 @@ from pathlib import Path
 from adapt.errors import AdaptError
 from adapt.recipe import PeftConfig
 
-# Linear layers LoRA adapts by default, by `config.model_type`.
-DEFAULT_TARGETS = {
-    "bert": ["query", "key", "value", "dense"],
-    "roberta": ["query", "key", "value", "dense"],
-    "distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "t5": ["q", "k", "v", "o", "wi", "wo"],
-    "bart": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-    "marian": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
-}
-
-# adapt task -> peft task type (decides which heads stay trainable and how the adapter reloads)
-PEFT_TASK_TYPES = {
-    "classification": "SEQ_CLS", "ner": "TOKEN_CLS", "qa": "QUESTION_ANS", "clm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM",
-}
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PICKLED_ADAPTER_WEIGHTS = "adapter_model.bin"
 
 
-def peft_config(model, cfg: PeftConfig, task_name: str):
+def peft_task_type(task) -> str | None:
+    """peft's task type for an adapt task (a Task, its class, or its registry name): the task's
+    `peft_task_type` ClassVar."""
+    if isinstance(task, str):
+        from adapt.tasks import task_class
+
+        task = task_class(task)
+    return task.peft_task_type
+
+
+def default_target_modules(model, method: str):
+    """The modules a peft `method` adapts when the recipe names none.
+
+    None where peft has its own default for the model type (peft's TRANSFORMERS_MODELS_TO_*_TARGET_MODULES_MAPPING
+    picks it, as `LoraConfig(target_modules=None)` does), and for methods that target no modules (prompt
+    tuning); for adapt's warm-started encoder-decoders the union of peft's lists for the encoder and decoder
+    types; otherwise peft's "all-linear" (every linear layer except the output head)."""
+    from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+
+    tuner = PEFT_TYPE_TO_TUNER_MAPPING.get(method.upper())
+    if tuner is None:  # prompt-learning methods have no target modules
+        return None
+    mapping = getattr(tuner, "target_module_mapping", None) or {}
+    config = model.config
+    if config.model_type in mapping:
+        return None
+    if config.model_type == "encoder-decoder":
+        parts = [mapping.get(config.encoder.model_type), mapping.get(config.decoder.model_type)]
+        if all(isinstance(part, list) for part in parts):
+            return sorted(set(parts[0]) | set(parts[1]))
+    return "all-linear"
+
+
+def linear_layer_names(model) -> list[str]:
+    """Distinct last name parts of the model's linear layers (what `peft.target_modules` may name)."""
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, (torch.nn.Linear, Conv1D)) and name})
+
+
+def peft_config(model, cfg: PeftConfig, task):
+    """The peft config for `model` from the recipe's `peft` section; `task` is a Task or a task name.
+
+    Raises:
+        AdaptError: an unknown peft method or a bad option for it.
+    """
     import peft
 
-    task_type = PEFT_TASK_TYPES.get(task_name)
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type == "encoder-decoder":
-        model_type = model.config.encoder.model_type
-    targets = cfg.target_modules or DEFAULT_TARGETS.get(model_type)
-    if cfg.method == "lora":
-        if targets is None:
-            raise AdaptError(f"peft.target_modules: no default LoRA targets for model type '{model_type}'; "
-                             "list the linear layer names to adapt (e.g. peft.target_modules=[q_proj,v_proj])")
-        return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
-                               task_type=task_type, **cfg.options)
+    task_type = peft_task_type(task)
     options = dict(cfg.options)
-    if targets is not None and "target_modules" not in options and cfg.method in ("loha", "lokr", "ia3", "adalora", "boft", "vera"):
+    targets = cfg.target_modules
+    if targets is None and "target_modules" not in options:
+        targets = default_target_modules(model, cfg.method)
+    if getattr(model.config, "model_type", None) == "encoder-decoder" and "modules_to_save" not in options:
+        # a warm-started encoder-decoder's cross-attention is new (randomly initialised): it trains fully and is
+        # saved with the adapter, so the adapter folder rebuilds exactly the trained model
+        options["modules_to_save"] = ["crossattention"]
+        if "exclude_modules" not in options:
+            options["exclude_modules"] = r".*crossattention.*"
+    if cfg.method == "lora":
+        try:
+            return peft.LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                                   task_type=task_type, **options)
+        except (TypeError, ValueError) as err:
+            raise AdaptError(f"peft.options: {str(err).splitlines()[0]}; see peft's LoraConfig for its options") from None
+    if targets is not None and "target_modules" not in options:
         options["target_modules"] = targets
     try:
         return peft.get_peft_config({"peft_type": cfg.method.upper(), "task_type": task_type, **options})
@@ -51,25 +89,88 @@ def peft_config(model, cfg: PeftConfig, task_name: str):
         raise AdaptError(f"peft.method '{cfg.method}': {err}; see the peft documentation for its options") from None
 
 
-def wrap_with_peft(model, cfg: PeftConfig, task_name: str):
-    """The model with only adapter (and task-head) weights trainable."""
+def wrap_with_peft(model, cfg: PeftConfig, task):
+    """The model with only adapter (and task-head) weights trainable; `task` is a Task or a task name.
+
+    Raises:
+        AdaptError: `peft.target_modules` that match no layer of the model (naming the layers it has), or
+            settings peft rejects.
+    """
     import peft
 
-    return peft.get_peft_model(model, peft_config(model, cfg, task_name))
+    config = peft_config(model, cfg, task)
+    try:
+        wrapped = peft.get_peft_model(model, config)
+    except ValueError as err:
+        text = str(err)
+        if "not found in the base model" in text or "target_modules" in text:
+            raise AdaptError(
+                f"peft.target_modules: {cfg.target_modules or config.target_modules} match no layer of this "
+                f"{model.config.model_type} model; name some of its linear layers "
+                f"({', '.join(linear_layer_names(model)[:12])}) or leave peft.target_modules unset for peft's default"
+            ) from None
+        raise AdaptError(f"peft.method '{cfg.method}': {text.splitlines()[0]}; fix the recipe's peft settings") from None
+    settings = wrapped.peft_config["default"]
+    if not settings.base_model_name_or_path and model.config.model_type == "encoder-decoder":
+        settings.base_model_name_or_path = model.config.encoder._name_or_path  # warm-started: the encoder checkpoint
+    return wrapped
 
 
-def peft_auto_class(auto_class: str):
-    """transformers' AutoModelForX -> peft's AutoPeftModelForX."""
-    import peft
+def save_adapter_extras(model, folder: Path) -> None:
+    """Write beside a saved adapter what rebuilding its model needs besides the base weights: the base model's
+    config (model type, num_labels, id2label/label2id, so the task head has the trained shape and names) and
+    its generation config (decoding settings, EOS ids)."""
+    base = model.get_base_model()
+    base.config.save_pretrained(folder)
+    if base.can_generate() and getattr(base, "generation_config", None) is not None:
+        base.generation_config.save_pretrained(folder)
 
-    name = "AutoPeftModel" + auto_class[len("AutoModel"):]
-    if not hasattr(peft, name):
-        raise AdaptError(f"peft has no {name} to load this adapter")
-    return getattr(peft, name)
+
+def check_adapter_weights(folder: Path) -> None:
+    """Refuse adapter folders whose weights are not safetensors (a pickled .bin can run code when loaded).
+
+    Raises:
+        AdaptError: naming the folder and the fix.
+    """
+    if (folder / ADAPTER_WEIGHTS).exists():
+        return
+    if (folder / PICKLED_ADAPTER_WEIGHTS).exists():
+        raise AdaptError(f"{folder / PICKLED_ADAPTER_WEIGHTS}: adapters load from safetensors only (a .bin file is a "
+                         "pickle that can run code when loaded); re-save it in a trusted session with "
+                         "`model.save_pretrained(dir, safe_serialization=True)` to get adapter_model.safetensors")
+    raise AdaptError(f"{folder} has adapter_config.json but no {ADAPTER_WEIGHTS}; give a complete adapter folder")
 
 
 def load_adapter_model(path: str, task):
-    return peft_auto_class(task.auto_class).from_pretrained(path, use_safetensors=True)
+    """The base model (with the config and generation config saved beside the adapter: labels, task head,
+    decoding) plus the adapter in `path`, from safetensors only.
+
+    Raises:
+        AdaptError: pickled adapter weights, no base model named, or an adapter whose shapes do not fit.
+    """
+    import json
+
+    import peft
+
+    folder = Path(path)
+    check_adapter_weights(folder)
+    settings = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    base = settings.get("base_model_name_or_path")
+    if not base:
+        raise AdaptError(f"{folder / 'adapter_config.json'} names no base_model_name_or_path; set it to the base "
+                         "model's folder or Hub id")
+    model = task.adapter_base_model(folder, base)
+    try:
+        model = peft.PeftModel.from_pretrained(model, str(folder))
+    except RuntimeError as err:  # size mismatch: an adapter saved without its config (labels) beside it
+        raise AdaptError(f"{folder}: the adapter does not fit its base model {base} ({str(err).splitlines()[-1].strip()}); "
+                         "the folder needs the config.json `adapt finetune` writes beside the adapter (labels, "
+                         "head size): re-run the fine-tuning") from None
+    if (folder / "generation_config.json").exists():
+        from transformers import GenerationConfig
+
+        model.get_base_model().generation_config = GenerationConfig.from_pretrained(folder)
+    return model
 
 
 def merge_adapter(run_dir: str, output_dir: str, overwrite: bool = False) -> Path:

@@ -10,16 +10,63 @@ from pathlib import Path
 from typing import Any
 
 
+def umask_mode(mode: int) -> int:
+    """`mode` (e.g. 0o666 for files, 0o777 for folders) as the process umask lets plain `open`/`mkdir` create
+    it: tempfile's mkstemp/mkdtemp make 0600/0700, which saved artefacts must not keep."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make new entries and renames in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def seal_tree(folder: Path) -> None:
+    """Before renaming a folder written in place of a finished one: give each file and folder under it the
+    mode the umask allows (some writers, e.g. transformers' shard writer, leave 0600 temporary files), then
+    fsync every file and, deepest first, every folder."""
+    file_mode, dir_mode = umask_mode(0o666), umask_mode(0o777)
+    folders = []
+    for root, dirs, files in os.walk(folder):
+        folders.append(root)
+        os.chmod(root, dir_mode)
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fchmod(fd, file_mode)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for root in reversed(folders):
+        fsync_dir(Path(root))
+
+
+def make_temp_dir(parent: Path, name: str) -> Path:
+    """A new folder `parent/.tmp-NAME-XXXX` with the umask's usual mode; the `.tmp-` prefix lets the next
+    run clean it up if this process dies (adapt.rundir.clean_stale_temporaries)."""
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".tmp-{name}-"))
+    tmp.chmod(umask_mode(0o777))
+    return tmp
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.name}-")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
+            os.fchmod(handle.fileno(), umask_mode(0o666))
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -51,29 +98,32 @@ class AtomicDir:
 
     def __enter__(self) -> Path:
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(dir=self.target.parent, prefix=f".tmp-{self.target.name}-"))
+        self.tmp = make_temp_dir(self.target.parent, self.target.name)
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
+        seal_tree(self.tmp)
         if self.target.exists():
-            trash = self.target.with_name(f".old-{self.target.name}-{os.getpid()}")
+            trash = self.target.with_name(f".tmp-old-{self.target.name}-{os.getpid()}")
             os.replace(self.target, trash)
             os.replace(self.tmp, self.target)
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.replace(self.tmp, self.target)
+        fsync_dir(self.target.parent)
 
 
 def move_files_into(src: Path, dst: Path) -> None:
-    """Move every file of src into dst, each by an atomic rename (same filesystem)."""
+    """Move every file of src into dst, each by an atomic rename (same filesystem), durably."""
     for item in Path(src).iterdir():
         target = Path(dst) / item.name
         if target.is_dir() and item.is_dir():
             shutil.rmtree(target)
         os.replace(item, target)
+    fsync_dir(Path(dst))
 
 
 class JsonlLog:

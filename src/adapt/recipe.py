@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from adapt.errors import AdaptError
 
@@ -17,7 +17,8 @@ _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: `train.lr=.inf` (or nan) is refused here, before any work, not trained into NaN weights
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class Columns(Strict):
@@ -27,6 +28,12 @@ class Columns(Strict):
     text_pair: str | None = None
     label: str = "label"
     target: str = "target"
+    # question answering (flat JSONL/CSV/Parquet files and Hub datasets; SQuAD JSON files use SQuAD's keys)
+    question: str = "question"
+    context: str = "context"
+    answers: str = "answers"
+    # seq2seq: more reference columns scored beside `target` (multi-reference BLEU/chrF/ROUGE), e.g. [ref2, ref3]
+    references: list[str] = []
 
 
 class DataConfig(Strict):
@@ -86,9 +93,9 @@ class TrainConfig(Strict):
 
 class PeftConfig(Strict):
     method: str = Field("lora", description="any peft method name: lora, ia3, loha, ...")
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.05
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16, gt=0, description="LoRA scaling numerator (the update is scaled by alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | str | None = Field(None, description="default: per architecture")
     options: dict[str, Any] = {}
 
@@ -106,6 +113,16 @@ class Recipe(Strict):
     peft: PeftConfig | None = None
     output_dir: str | None = Field(None, description="default: runs/<recipe name>")
     tracking: list[str] = Field(["tensorboard"], description="accelerate trackers")
+    # not a setting: what the command line changed about the scored data (see resolve_with_flags)
+    _data_note: str | None = PrivateAttr(None)
+
+    @property
+    def data_note(self) -> str | None:
+        return self._data_note
+
+    @data_note.setter
+    def data_note(self, note: str | None) -> None:
+        self._data_note = note
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -120,22 +137,81 @@ def available_recipes() -> dict[str, Path]:
     return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
 
 
-def load_recipe_dict(name_or_path: str) -> tuple[dict[str, Any], str]:
-    """Read a recipe by name (from the packaged recipes) or by path to a YAML file."""
+def recipe_path(name_or_path: str) -> Path:
+    """The YAML file a recipe name (one of the packaged recipes) or path refers to.
+
+    Raises AdaptError naming the fix when the name is unknown, the path is missing or is a directory."""
+    recipes = available_recipes()
     path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
-        recipes = available_recipes()
-        if name_or_path not in recipes:
-            raise AdaptError(
-                f"unknown recipe '{name_or_path}'; choose one of {', '.join(recipes)} or give a path to a YAML file"
-            )
-        path = recipes[name_or_path]
+    path_like = path.suffix in (".yaml", ".yml") or "/" in name_or_path or "\\" in name_or_path
+    if name_or_path in recipes and not path_like:
+        return recipes[name_or_path]
+    if path.is_dir():
+        inside = next((f for f in (path / "recipe.yaml", path / "recipe.yml") if f.is_file()), None)
+        hint = f" (e.g. {inside})" if inside else ""
+        raise AdaptError(f"recipe {path} is a directory, not a recipe file; give the path of a recipe YAML file"
+                         f"{hint} or a recipe name ({', '.join(recipes)})")
+    if path.is_file():
+        return path
+    if path_like:
+        raise AdaptError(f"recipe file {path} does not exist; check the path, or use a recipe name "
+                         f"({', '.join(recipes)})")
+    raise AdaptError(
+        f"unknown recipe '{name_or_path}'; choose one of {', '.join(recipes)} or give a path to a YAML file"
+    )
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (YAML forbids it;
+    PyYAML would silently keep the last value, dropping e.g. a whole earlier `train:` section)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # an unhashable key: the schema reports it
+            if key in seen:
+                raise _DuplicateKey(f"line {line}: key '{key}' is given twice (also on line {seen[key]}); keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def load_recipe_dict(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """Read a recipe by name (from the packaged recipes) or by path to a YAML file.
+
+    Raises AdaptError (one line naming the file and the fix) for a missing file, a directory, a file that is
+    not UTF-8 text, not YAML, or not a mapping of keys to values."""
+    path = recipe_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = path.read_bytes()[: err.start].count(b"\n") + 1
+        raise AdaptError(f"{path}: line {line}: not UTF-8 text (byte 0x{err.object[err.start]:02x}); a recipe is a "
+                         "UTF-8 YAML file: re-save it as UTF-8") from None
+    except OSError as err:
+        raise AdaptError(f"{path}: cannot read the recipe ({err.strerror}); check the path and its "
+                         "permissions") from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise AdaptError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise AdaptError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise AdaptError(f"{path}: {where}not valid YAML ({problem}); fix the YAML syntax "
+                         "(see `adapt recipes show sentiment` for an example)") from None
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise AdaptError(f"{path}: a recipe must be a YAML mapping of keys to values")
+        raise AdaptError(f"{path}: a recipe must be a YAML mapping of keys to values (e.g. `task: classification`), "
+                         f"not a {type(raw).__name__}")
     raw.setdefault("name", path.stem)
     return raw, str(path)
 
@@ -161,18 +237,43 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise AdaptError(f"override '{item}' is not of the form key=value (e.g. train.lr=3e-5)")
         key, text = item.split("=", 1)
+        key = key.strip()
         try:
             value = yaml.safe_load(text) if text else None
         except yaml.YAMLError:
             value = text
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
             value = float(value)  # YAML 1.1 wants a dot in floats, so it reads 3e-5 as a string
-        parsed.append((key.strip(), value))
+        if isinstance(value, (bool, int, float)) and _is_text_field(key):
+            value = text.strip()  # `data.train=2024.csv` stays a file name, `model=007` is not the number 7
+        parsed.append((key, value))
     return parsed
+
+
+def _is_text_field(dotted_key: str) -> bool:
+    """True when the recipe schema types `a.b.c` as plain text (a str, or an optional str)."""
+    model: type[BaseModel] = Recipe
+    *parents, leaf = dotted_key.split(".")
+    for part in parents:
+        field = model.model_fields.get(part)
+        inner = [t for t in get_args(field.annotation) or (field.annotation,) if t is not type(None)] if field else []
+        sections = [t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)]
+        if not sections:
+            return False
+        model = sections[0]
+    field = model.model_fields.get(leaf)
+    if field is None:
+        return False
+    kinds = set(get_args(field.annotation) or (field.annotation,)) - {type(None)}
+    return kinds == {str}
 
 
 def resolve_recipe(name_or_path: str, overrides: list[tuple[str, Any]] = ()) -> Recipe:
     raw, source = load_recipe_dict(name_or_path)
+    return _resolve(raw, source, overrides)
+
+
+def _resolve(raw: dict[str, Any], source: str, overrides) -> Recipe:
     for key, value in overrides:
         apply_override(raw, key, value)
     try:
@@ -205,6 +306,46 @@ FLAG_KEYS = {
 
 
 def resolve_with_flags(name_or_path: str, flags: dict[str, Any], overrides: list[str] | None) -> Recipe:
-    """A recipe with the set command-line flags applied, then the `key=value` overrides (which win)."""
+    """A recipe with the set command-line flags applied, then the `key=value` overrides (which win).
+
+    When the command line replaces the recipe's training data (`--data` or data.train=...), the recipe's
+    own validation and test files go with it (they belong to the recipe's default data): validation is then
+    carved from the new training data, and there is no test split, unless the command line also gives
+    --validation / --test (or data.validation= / data.test=). Whenever the command line sets the training
+    data, the recipe carries a one-line note of the data the run scores (`Recipe.data_note`), which
+    `adapt.preflight.check_run` prints once every check has passed (so that a refused run prints only its error)."""
     pairs = [(FLAG_KEYS[k], v) for k, v in flags.items() if v is not None]
-    return resolve_recipe(name_or_path, pairs + parse_overrides(list(overrides or [])))
+    pairs += parse_overrides(list(overrides or []))
+    raw, source = load_recipe_dict(name_or_path)
+    given = {key for key, _ in pairs}
+    own = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    dropped = {}
+    if "data.train" in given and dict(pairs)["data.train"] != own.get("train"):
+        for role in ("validation", "test"):
+            if f"data.{role}" not in given and own.get(role):
+                dropped[role] = own[role]
+                pairs.append((f"data.{role}", None))
+    recipe = _resolve(raw, source, pairs)
+    if "data.train" in given:
+        recipe.data_note = scored_data_note(recipe, dropped)
+    return recipe
+
+
+def scored_data_note(recipe: Recipe, dropped: dict[str, str]) -> str:
+    """One line: the data a run trains on, validates on and tests on, and the recipe files it no longer uses."""
+    from adapt import assets, data
+
+    cfg = recipe.data
+    if cfg.validation:
+        validation = cfg.validation
+    elif cfg.train and (data.is_local(cfg.train) or assets.is_embedded(cfg.train)):
+        validation = f"a seeded {cfg.validation_fraction:.0%} of {cfg.train} held out"
+    else:
+        validation = f"the '{cfg.validation_split}' split of {cfg.train}"
+    note = f"note: training on {cfg.train}; validation: {validation}; test: {cfg.test or 'none'}"
+    if dropped:
+        files = " and ".join(f"{role} file {ref}" for role, ref in dropped.items())
+        flags = " / ".join(f"--{role} FILE" for role in dropped)
+        note += (f" (not the recipe's own {files}, which go with its default training data; pass {flags} "
+                 "to choose)")
+    return note

@@ -11,9 +11,18 @@ from adapt.tasks import get_task
 from adapt.tasks.base import Task
 
 
-def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str] = ()) -> tuple[Task, Any]:
+def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str] = (),
+                 trust_remote_code: bool = False) -> tuple[Task, Any]:
     """The task and model for a folder written by `adapt finetune` (its recipe.yaml says the task) or a
-    plain Hugging Face checkpoint given `recipe`."""
+    plain Hugging Face checkpoint given `recipe`.
+
+    Code shipped in the folder runs only when `trust_remote_code` (the current command's --trust-remote-code)
+    is true: a `trust_remote_code: true` in the folder's own recipe.yaml, a recipe file or an override is ignored,
+    so a downloaded run folder cannot switch it on. Weights load from safetensors only (adapters included).
+
+    Raises:
+        AdaptError: not a model folder, no task known, pickle-only weights, remote code needed without the flag.
+    """
     import yaml
 
     folder = Path(model_dir)
@@ -32,6 +41,7 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
     else:
         raise AdaptError(f"{folder} has no recipe.yaml (not trained by adapt); pass --recipe to say which task it is")
     resolved.model = str(folder)
+    resolved.trust_remote_code = trust_remote_code
     task = get_task(resolved)
     task.load_tokenizer(str(folder))
     model = task.load_trained(str(folder))
@@ -66,15 +76,23 @@ def predict_stream(task: Task, model, inputs: Iterable[str], batch_size: int = 6
         yield from flush()
 
 
-def evaluate_model(model_dir: str, data: str | None, recipe: str | None, overrides: list[str]) -> dict:
-    """Score a trained model on a labelled data file/Hub split with its task's metrics."""
+def evaluate_model(model_dir: str, data: str | None, recipe: str | None, overrides: list[str],
+                   trust_remote_code: bool = False) -> dict:
+    """Score a trained model on a labelled data file/Hub split with its task's metrics (remote code only with
+    `trust_remote_code`, the current command's flag)."""
+    from adapt import data as data_files
     from adapt.train import evaluate, make_accelerator
 
-    task, model = load_trained(model_dir, recipe, overrides)
+    if data and data_files.is_local(data) and not Path(data).exists():  # found before the model loads
+        raise AdaptError(f"--data {data}: no such file; give a labelled data file (or a Hub dataset id)")
+    task, model = load_trained(model_dir, recipe, overrides, trust_remote_code)
     source = data or task.recipe.data.test or task.recipe.data.validation
     if not source:
         raise AdaptError("no evaluation data: pass --data FILE (or a Hub id)")
     raw = task.read_source(source, task.recipe.data.test_split)
+    cap = task.recipe.data.max_eval_examples  # the same first-N cut that training applies to its eval splits
+    if cap and len(raw) > cap:
+        raw = raw.select(range(cap))
     features = task.featurize(raw, "eval")
     accelerator = make_accelerator()
     model = model.to(accelerator.device)

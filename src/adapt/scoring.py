@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +13,13 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from adapt.errors import AdaptError
 from adapt.metrics.classification import classification_scores
-from adapt.metrics.generation import ROUGE_TYPES, rouge_example_scores, score_from_stats, sentence_stats
+from adapt.metrics.generation import ROUGE_TYPES, bleu_tokenizer, rouge_example_scores, score_from_stats, sentence_stats
 from adapt.metrics.resampling import bootstrap_ci, paired_bootstrap
-from adapt.metrics.sequence import seqeval_scores
+from adapt.metrics.sequence import seqeval_scores, tag_problem, tag_scheme
 from adapt.metrics.squad import squad_aggregate, squad_example_scores, squad_v2_aggregate, squad_v2_example_scores
 
 # metric name -> (kind of input files, keys it reports (None: all), key compared by --compare)
@@ -35,6 +37,13 @@ METRICS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
     "rouge": ("text", None, "rougeL"),
 }
 _JSON_FIELD = {"classification": "label", "seqeval": "tags", "text": "text"}
+_FORMAT = {  # what each kind of file holds, told when a file does not fit
+    "classification": "one label per line, or .jsonl with a 'label' field",
+    "seqeval": "one sentence of space-separated IOB tags per line, or .jsonl with a 'tags' list",
+    "text": "one text per line, or .jsonl with a 'text' field",
+    "squad": "SQuAD .jsonl: predictions with 'id' and 'prediction_text', references with 'id' and "
+             "'answers': {'text': [...]}",
+}
 
 
 @dataclass
@@ -51,12 +60,17 @@ def _records(path: str) -> list[tuple[int, str]]:
     """(line number, line) of a text file (gzip when it ends in .gz), without trailing newlines."""
     file = Path(path)
     if not file.is_file():
-        raise AdaptError(f"{path}: no such file")
+        raise AdaptError(f"{path}: {'is a directory' if file.is_dir() else 'no such file'}; give a file with one "
+                         "example per line (or .jsonl)")
     opener = gzip.open if file.suffix == ".gz" else open
-    with opener(file, "rt", encoding="utf-8") as handle:
-        lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(handle, start=1)]
-    if not lines or (path.endswith(".jsonl") and not any(line.strip() for _, line in lines)):
-        raise AdaptError(f"{path} is empty")
+    try:
+        with opener(file, "rt", encoding="utf-8") as handle:
+            lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(handle, start=1)]
+    except (UnicodeDecodeError, OSError, EOFError) as err:
+        raise AdaptError(f"{path}: cannot be read as UTF-8 text{' (gzip)' if opener is gzip.open else ''} "
+                         f"({type(err).__name__}); give a text file") from None
+    if not any(line.strip() for _, line in lines):
+        raise AdaptError(f"{path} is empty; give a file with one example per line")
     return lines
 
 
@@ -75,19 +89,44 @@ def _jsonl(path: str) -> list[tuple[int, dict]]:
     return out
 
 
-def _field(path: str, n: int, record: dict, key: str):
+def _field(path: str, n: int, record: dict, key: str, kind: str):
     if key not in record:
-        raise AdaptError(f"{path} line {n}: missing the field '{key}'")
+        raise AdaptError(f"{path} line {n}: missing the field '{key}'; {kind} metrics read {_FORMAT[kind]}")
     return record[key]
 
 
-def _values(path: str, kind: str) -> list:
-    """One value per example: a JSONL field (label, tags, text) or a plain line (tags split on spaces)."""
+def _checked(path: str, n: int, value, kind: str):
+    """`value` of line `n` if the metric kind can score it; AdaptError naming the file and line if not."""
+    if kind == "classification":
+        if value is None or isinstance(value, (dict, list)) or (isinstance(value, float) and not math.isfinite(value)):
+            raise AdaptError(f"{path} line {n}: label {value!r} is not a class; give every example a label")
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 1.0 and 1 are one class
+        value = str(value)
+        if not value.strip():
+            raise AdaptError(f"{path} line {n}: empty label; give every example a label")
+        return value
+    if kind == "text":
+        if not isinstance(value, str):
+            raise AdaptError(f"{path} line {n}: text {value!r} is not a string; {_FORMAT[kind]}")
+        return value
+    if not isinstance(value, list):
+        raise AdaptError(f"{path} line {n}: tags must be a list of strings, got {type(value).__name__}")
+    for tag in value:
+        problem = tag_problem(tag)
+        if problem:
+            raise AdaptError(f"{path} line {n}: {problem}")
+    return value
+
+
+def _values(path: str, kind: str) -> list[tuple[int, object]]:
+    """(line number, value) per example: a JSONL field (label, tags, text) or a plain line (tags split on
+    spaces), checked as `_checked` does."""
     if path.endswith(".jsonl"):
-        values = [_field(path, n, r, _JSON_FIELD[kind]) for n, r in _jsonl(path)]
+        rows = [(n, _field(path, n, r, _JSON_FIELD[kind], kind)) for n, r in _jsonl(path)]
     else:
-        values = [line.split() if kind == "seqeval" else line for _, line in _records(path)]
-    return [str(v) for v in values] if kind == "classification" else values
+        rows = [(n, line.split() if kind == "seqeval" else line) for n, line in _records(path)]
+    return [(n, _checked(path, n, value, kind)) for n, value in rows]
 
 
 def _squad_file(path: str, is_prediction: bool) -> tuple[dict, dict]:
@@ -97,17 +136,25 @@ def _squad_file(path: str, is_prediction: bool) -> tuple[dict, dict]:
         return {str(n): line for n, line in lines}, {}
     texts, no_answer = {}, {}
     for n, record in _jsonl(path):
-        qid = str(_field(path, n, record, "id"))
+        qid = str(_field(path, n, record, "id", "squad"))
         if qid in texts:
             raise AdaptError(f"{path} line {n}: duplicate id '{qid}'")
         if is_prediction:
-            texts[qid] = _field(path, n, record, "prediction_text")
+            texts[qid] = _field(path, n, record, "prediction_text", "squad")
+            if not isinstance(texts[qid], str):
+                raise AdaptError(f"{path} line {n}: 'prediction_text' must be a string (\"\" for no answer)")
             if "no_answer_probability" in record:
-                no_answer[qid] = float(record["no_answer_probability"])
+                probability = record["no_answer_probability"]
+                if not isinstance(probability, (int, float)) or not 0 <= probability <= 1:
+                    raise AdaptError(f"{path} line {n}: 'no_answer_probability' must be a number from 0 to 1, "
+                                     f"got {probability!r}")
+                no_answer[qid] = float(probability)
         else:
-            answers = _field(path, n, record, "answers")
-            if not isinstance(answers, dict) or "text" not in answers:
-                raise AdaptError(f"{path} line {n}: 'answers' must be an object with a 'text' list")
+            answers = _field(path, n, record, "answers", "squad")
+            if not isinstance(answers, dict) or not isinstance(answers.get("text"), list) or not all(
+                isinstance(text, str) for text in answers["text"]
+            ):
+                raise AdaptError(f"{path} line {n}: 'answers' must be an object with a 'text' list of strings")
             texts[qid] = list(answers["text"])
     return texts, no_answer
 
@@ -141,18 +188,25 @@ def read_examples(kind: str, predictions: str, references: list[str]) -> Example
         return _read_squad(predictions, references)
     if kind != "text" and len(references) > 1:
         raise AdaptError(f"{kind} metrics take one --references file, got {len(references)}")
-    preds = _values(predictions, kind)
-    streams = [_values(path, kind) for path in references]
-    _check_lengths(predictions, len(preds), references, [len(s) for s in streams])
+    numbered = _values(predictions, kind)
+    numbered_streams = [_values(path, kind) for path in references]
+    _check_lengths(predictions, len(numbered), references, [len(s) for s in numbered_streams])
+    preds = [value for _, value in numbered]
+    streams = [[value for _, value in stream] for stream in numbered_streams]
     if kind == "classification" and not set(preds) & set(streams[0]):
         raise AdaptError(
             f"{predictions} line 1: label '{preds[0]}' never occurs in {references[0]}, nor does any other "
             f"(predicted labels {sorted(set(preds))} vs reference labels {sorted(set(streams[0]))})"
         )
     if kind == "seqeval":
-        for i, (p, r) in enumerate(zip(preds, streams[0]), start=1):
+        for (n, p), (m, r) in zip(numbered, numbered_streams[0]):
             if len(p) != len(r):
-                raise AdaptError(f"{predictions} line {i}: {len(p)} tags but {references[0]} line {i} has {len(r)}")
+                raise AdaptError(f"{predictions} line {n}: {len(p)} tags but {references[0]} line {m} has "
+                                 f"{len(r)}; each prediction needs one tag per reference token")
+        scheme = tag_scheme(streams[0])
+        if scheme != "IOBES" and tag_scheme(preds) == "IOBES":
+            raise AdaptError(f"{predictions} has E-/S- tags (IOBES) but {references[0]} is {scheme}; "
+                             "write both files in one tagging scheme")
     return Examples([str(i) for i in range(1, len(preds) + 1)], preds, [list(refs) for refs in zip(*streams)])
 
 
@@ -164,14 +218,14 @@ class Scorer:
     score: Callable[[object], dict]
 
 
-def scorer(metric: str, examples: Examples, strict: bool = True) -> Scorer:
-    """The Scorer of `metric` on `examples`; `strict` picks seqeval's strict IOB2 mode."""
+def scorer(metric: str, examples: Examples, tokenize: str | None = None) -> Scorer:
+    """The Scorer of `metric` on `examples`; `tokenize` is BLEU's sacreBLEU tokenizer (None: 13a)."""
     kind = METRICS[metric][0]
     pairs = list(zip(examples.predictions, examples.references))
     if kind == "classification":
         return Scorer(pairs, lambda s: classification_scores([p for p, _ in s], [r[0] for _, r in s]))
     if kind == "seqeval":
-        return Scorer(pairs, lambda s: seqeval_scores([p for p, _ in s], [r[0] for _, r in s], strict=strict))
+        return Scorer(pairs, lambda s: seqeval_scores([p for p, _ in s], [r[0] for _, r in s]))
     golds = dict(zip(examples.ids, examples.references))
     preds = dict(zip(examples.ids, examples.predictions))
     if kind == "squad":
@@ -186,8 +240,8 @@ def scorer(metric: str, examples: Examples, strict: bool = True) -> Scorer:
         rows = rouge_example_scores(examples.predictions, [r[0] for r in examples.references])
         return Scorer(rows, lambda s: {name: float(v) for name, v in zip(ROUGE_TYPES, s.mean(axis=0))})
     streams = [list(stream) for stream in zip(*examples.references)]
-    stats = sentence_stats(metric, examples.predictions, streams)
-    return Scorer(stats, lambda s: score_from_stats(metric, s.sum(axis=0), len(streams)))
+    stats = sentence_stats(metric, examples.predictions, streams, tokenize)
+    return Scorer(stats, lambda s: score_from_stats(metric, s.sum(axis=0), len(streams), tokenize))
 
 
 def _select(metric: str, scores: dict) -> dict:
@@ -203,12 +257,17 @@ def score_files(
     compare: str | None = None,
     samples: int = 1000,
     seed: int = 0,
-    strict: bool = True,
+    tokenize: str | None = None,
+    target_lang: str | None = None,
 ) -> dict:
     """Score a prediction file against reference file(s) with each metric, optionally with bootstrap CIs
-    at level `ci` and a paired bootstrap test against the prediction file `compare`. Returns a report:
+    at level `ci` and a paired bootstrap test against the prediction file `compare`. BLEU's tokenizer is
+    `bleu_tokenizer(tokenize, target_lang, references)`. Returns a report:
     {"scores": {metric: {...}}, "ci": {metric: {key: [low, high]}}, "compare": {metric: {...}},
-    "examples": [{"id", "prediction", "references"}]}."""
+    "notes": [str], "examples": [{"id", "prediction", "references"}]}.
+
+    Raises AdaptError for unknown metrics, unreadable or misaligned files, values a metric cannot score,
+    and --tokenize/--target-lang without BLEU."""
     if not metrics:
         raise AdaptError(f"give at least one --metric: {', '.join(METRICS)}, perplexity")
     unknown = [m for m in metrics if m not in METRICS]
@@ -216,17 +275,25 @@ def score_files(
         raise AdaptError(f"unknown metric '{unknown[0]}'; known metrics: {', '.join(METRICS)}, perplexity")
     if ci is not None and not 0 < ci < 1:
         raise AdaptError(f"--ci must be between 0 and 1 (e.g. 0.95), got {ci}")
-    report: dict = {"scores": {}}
+    if (tokenize is not None or target_lang) and "bleu" not in metrics:
+        raise AdaptError("--tokenize and --target-lang choose BLEU's tokenizer; add --metric bleu or drop them")
+    report: dict = {"scores": {}, "notes": []}
     examples = None
     for metric in metrics:
         examples = read_examples(METRICS[metric][0], predictions, references)
-        main = scorer(metric, examples, strict)
+        bleu_tokens = None
+        if metric == "bleu":
+            bleu_tokens, reason = bleu_tokenizer(tokenize, target_lang, [list(s) for s in zip(*examples.references)])
+            report["notes"].append(f"BLEU tokenize={bleu_tokens} ({reason})")
+        main = scorer(metric, examples, bleu_tokens)
         report["scores"][metric] = _select(metric, main.score(main.stats))
+        if "signature" in report["scores"][metric]:
+            report["notes"].append(f"sacreBLEU {metric} signature: {report['scores'][metric]['signature']}")
         if ci is not None:
             intervals = bootstrap_ci(main.stats, main.score, ci, samples, seed)
             report.setdefault("ci", {})[metric] = {k: list(v) for k, v in intervals.items() if k in report["scores"][metric]}
         if compare is not None:
-            other = scorer(metric, read_examples(METRICS[metric][0], compare, references), strict)
+            other = scorer(metric, read_examples(METRICS[metric][0], compare, references), bleu_tokens)
             key = METRICS[metric][2]
             result = paired_bootstrap(main.stats, other.stats, lambda s: main.score(s)[key], samples, seed)
             report.setdefault("compare", {})[metric] = {"key": key, "other_file": compare, **result}
@@ -240,20 +307,38 @@ def score_files(
 def score_perplexity(model_dir: str, text_file: str, max_length: int, stride: int, batch_size: int) -> dict:
     """Sliding-window perplexity of the causal LM saved in `model_dir` on the whole of `text_file`."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from adapt.metrics.perplexity import model_perplexity
 
     text = "\n".join(line for _, line in _records(text_file))
-    if not text.strip():
-        raise AdaptError(f"{text_file} is empty")
     if not Path(model_dir, "config.json").is_file():
         raise AdaptError(f"{model_dir} is not a saved model directory (no config.json)")
+    if stride > max_length:
+        raise AdaptError(f"--stride {stride} is larger than --max-length {max_length}; use a stride of at most "
+                         f"{max_length} (half of it is usual)")
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    except (OSError, ValueError) as err:
+        raise AdaptError(f"{model_dir}/config.json: cannot be read ({str(err).splitlines()[0]}); give a saved "
+                         "causal LM folder") from None
+    positions = getattr(config, "max_position_embeddings", None)
+    if isinstance(positions, int) and max_length > positions:
+        raise AdaptError(f"--max-length {max_length} is past the {positions} positions of {model_dir} "
+                         f"(config max_position_embeddings); use --max-length {positions} or less")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False).to(device)
-    scores = model_perplexity(model, tokenizer, text, max_length, stride, batch_size, device)
-    return {"scores": {"perplexity": scores}, "examples": []}
+    try:
+        scores = model_perplexity(model, tokenizer, text, max_length, stride, batch_size, device)
+    except AdaptError as err:
+        raise AdaptError(f"{text_file}: {err}") from None
+    if not math.isfinite(scores["perplexity"]):
+        raise AdaptError(f"{model_dir}: perplexity on {text_file} is not finite (mean NLL {scores['nll']}); "
+                         "the model's weights or outputs hold NaN/inf")
+    note = (f"perplexity is per model token: exp of the mean NLL over {scores['tokens']:,} tokens of {model_dir}'s "
+            "own tokenizer; it is not comparable across tokenizers, nor to per-word or per-character perplexity")
+    return {"scores": {"perplexity": {**scores, "unit": "per model token"}}, "notes": [note], "examples": []}
 
 
 def _jsonable(value):
@@ -283,24 +368,33 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _row(table: Table, *cells: str) -> None:
+    """Add cells as literal text: label names and file content are never read as rich markup."""
+    table.add_row(*(Text(cell) for cell in cells))
+
+
 def render(report: dict, console: Console | None = None) -> None:
-    """Print the scores (with CIs) and any paired comparison as rich tables."""
-    console = console or Console()
+    """Print the scores (with CIs), any paired comparison and the report's notes (tokenizer choice,
+    sacreBLEU signature, perplexity unit) as rich tables and lines; every value is shown literally."""
+    if console is None:
+        from adapt.ui import console
     table = Table(title="adapt eval")
     for column in ("metric", "score", "value", "CI"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for metric, scores in report["scores"].items():
         intervals = report.get("ci", {}).get(metric, {})
         for key, value in scores.items():
             rows = {f"{key}.{k}": v for k, v in value.items()} if isinstance(value, dict) else {key: value}
             for name, shown in rows.items():
                 low_high = intervals.get(name)
-                table.add_row(metric, name, _fmt(shown), f"[{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else "")
+                _row(table, metric, name, _fmt(shown), f"[{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else "")
     console.print(table)
     if "compare" in report:
         versus = Table(title="paired bootstrap (Koehn 2004)")
         for column in ("metric", "score", "this", "other", "delta", "p-value"):
             versus.add_column(column)
         for metric, c in report["compare"].items():
-            versus.add_row(metric, c["key"], _fmt(c["score"]), _fmt(c["other"]), _fmt(c["delta"]), f"{c['p_value']:.4f}")
+            _row(versus, metric, c["key"], _fmt(c["score"]), _fmt(c["other"]), _fmt(c["delta"]), f"{c['p_value']:.4f}")
         console.print(versus)
+    for note in report.get("notes", []):
+        console.print(Text(note), soft_wrap=True)

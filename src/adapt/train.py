@@ -4,9 +4,11 @@ selection, early stopping, atomic checkpoints and exact resume. Read it top to b
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -19,7 +21,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from datasets import Dataset
 
-from adapt import assets, batching, checkpoint, data, fused_adamw, outputs, padding_free, runtime
+from adapt import assets, batching, checkpoint, data, fused_adamw, outputs, padding_free, preflight, rundir, runtime
 from adapt.errors import AdaptError
 from adapt.precision import TrainableWeights
 from adapt.recipe import Recipe, recipe_to_yaml
@@ -33,7 +35,41 @@ BEST = "best"
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training: a checkpoint was saved; the message says how to resume."""
+    """Ctrl-C, SIGTERM or SIGUSR1 during training: a checkpoint was saved; the message says how to resume."""
+
+
+class TrainingDiverged(AdaptError):
+    """The loss or the weights became NaN/inf: training stopped, nothing non-finite was saved."""
+
+
+INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)  # Ctrl-C, and what schedulers send
+
+
+class InterruptFlag:
+    """While installed (`with InterruptFlag() as flag:`), Ctrl-C, SIGTERM and SIGUSR1 set `flag.signal`
+    instead of ending the process: the loop finishes its step, saves a checkpoint and raises Interrupted;
+    a signal during set-up stops the run after its first step, one during the final save lets the save
+    finish. A second Ctrl-C raises KeyboardInterrupt. Handlers are only installed in the main thread."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self.previous: dict = {}
+
+    def __enter__(self) -> InterruptFlag:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.getsignal(s) for s in INTERRUPT_SIGNALS}
+            for handled in INTERRUPT_SIGNALS:
+                signal.signal(handled, self._on_signal)
+        return self
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    def __exit__(self, *exc) -> None:
+        for handled, previous in self.previous.items():
+            signal.signal(handled, previous)
 
 
 @dataclass
@@ -49,6 +85,9 @@ class LoopState:
     samples: int = 0
     tokens: int = 0
     history: list[dict] = field(default_factory=list)
+    # the log window open at a checkpoint (loss, targets, samples, tokens summed over processes; seconds),
+    # so that the resumed run's next log line and its counters equal an uninterrupted run's
+    window: dict = field(default_factory=dict)
 
 
 # ---- set-up ---------------------------------------------------------------------------------------
@@ -77,25 +116,38 @@ def make_accelerator(recipe: Recipe | None = None, output_dir: Path | None = Non
                        log_with=recipe.tracking or None, project_dir=str(output_dir))
 
 
-def resume_folder(output_dir: Path, resume: bool | str) -> Path:
-    """The checkpoint a resumed run starts from: the given folder, or the output dir's latest."""
-    folder = Path(resume) if isinstance(resume, str) else checkpoint.latest_checkpoint(output_dir / CHECKPOINTS)
-    if folder is None or not (folder / checkpoint.STATE_FILE).exists():
-        raise AdaptError(f"--resume: no complete checkpoint in {folder or output_dir / CHECKPOINTS}; "
-                         "start without --resume")
-    return folder
+def run_description(recipe: Recipe, raw: dict[str, Dataset], world: int) -> dict[str, Any]:
+    """What decides a run's weights, recorded in each checkpoint and compared on --resume: the recipe's
+    trajectory settings (batch size and gradient accumulation among them; see rundir.SAFE_TO_CHANGE for
+    what may change), the content fingerprints of the train and validation data, and the process count."""
+    described = rundir.trajectory_settings(recipe)
+    for role in ("train", "validation"):
+        if role in raw:
+            described[f"{role} data fingerprint"] = raw[role]._fingerprint
+    described["processes"] = world
+    return described
 
 
-def check_output_dir(output_dir: Path, overwrite: bool, resume: bool | str | None) -> None:
-    """Refuse to clobber a previous run, or to resume one without a checkpoint, before any work is done."""
-    if resume:
-        resume_folder(output_dir, resume)
+def check_resumable(folder: Path, run: dict[str, Any], say) -> None:
+    """Refuse (AdaptError, one line naming each change as old -> new) to resume the checkpoint in `folder`
+    with other settings, data or process count than it was trained with."""
+    saved = checkpoint.read_run(folder)
+    if saved is None:
+        say(f"note: {folder} records no run settings (an older adapt wrote it); they cannot be compared")
         return
-    if not output_dir.exists() or not any(output_dir.iterdir()):
-        return
-    if not overwrite:
-        raise AdaptError(f"output directory {output_dir} is not empty; pass --overwrite to replace it, "
-                         "--resume to continue it, or choose another --output-dir")
+    changes = rundir.describe_changes(saved, run)
+    if changes:
+        raise AdaptError(f"--resume: {folder} was trained with other settings ({'; '.join(changes)}); resume with "
+                         "the original settings, or start anew with --overwrite or another --output-dir")
+
+
+def nonfinite_weight(weights: TrainableWeights) -> str | None:
+    """The name of the first trainable weight holding NaN or inf, or None (one device sync)."""
+    named = list(weights.named_parameters())
+    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
+    if bool(finite.all()):
+        return None
+    return named[int((~finite).nonzero()[0])][0]
 
 
 def featurize_splits(task: Task, raw: dict[str, Dataset], tokenizer_id: str, accelerator: Accelerator) -> dict[str, Dataset]:
@@ -223,9 +275,11 @@ def apply_update(model, weights: TrainableWeights, optimizer, accelerator: Accel
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
-def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Accelerator, batch_size: int) -> list[dict]:
+def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Accelerator, batch_size: int,
+            autocast: bool = True) -> list[dict]:
     """Batched prediction over a split, sharded over processes and gathered so every example counts
-    exactly once; returns one prediction per raw example on every process."""
+    exactly once; returns one prediction per raw example on every process. `autocast=False` runs in the
+    model's own dtype even when the accelerator mixes precision."""
     was_training = model.training
     model.eval()
     lengths = batching.example_lengths(features)
@@ -236,7 +290,7 @@ def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Acc
         max_tokens = min(max_tokens, CPU_EVAL_TOKENS)
     plan = batching.eval_batches(mine, lengths, batch_size, max_tokens=max_tokens)
     records = []
-    with torch.inference_mode(), accelerator.autocast():
+    with torch.inference_mode(), accelerator.autocast() if autocast else nullcontext():
         for batch in batching.iterate(features, plan, task.collate):
             index = batch.pop("index").tolist()
             out = task.eval_step(model, to_device(batch, accelerator.device))
@@ -253,9 +307,9 @@ def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Acc
 
 
 def evaluate(task: Task, model, features: Dataset, raw: Dataset, accelerator: Accelerator,
-             batch_size: int) -> tuple[dict[str, Any], list[dict]]:
+             batch_size: int, autocast: bool = True) -> tuple[dict[str, Any], list[dict]]:
     """(metrics, predictions) for a labelled split."""
-    predictions = predict(task, model, features, raw, accelerator, batch_size)
+    predictions = predict(task, model, features, raw, accelerator, batch_size, autocast)
     metrics = task.score(predictions, raw)
     metrics["examples"] = len(raw)
     return metrics, predictions
@@ -263,31 +317,66 @@ def evaluate(task: Task, model, features: Dataset, raw: Dataset, accelerator: Ac
 
 # ---- the loop --------------------------------------------------------------------------------------
 def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None = None) -> dict[str, Any]:
+    """Train `recipe` into `recipe.output_dir` and return the final metrics (also in metrics.json).
+
+    The output directory is locked for the whole run (adapt.rundir.RunLock); nothing is written to it until
+    the data, the settings and the model have passed every check. `overwrite` builds the new run beside the
+    old one and swaps it in only when it has finished (and refuses folders that are not adapt runs);
+    `resume` (True: the newest intact checkpoint; a path: that checkpoint) refuses other settings than the
+    checkpoint's. Raises AdaptError (bad input, a busy or unwritable output directory, a full disk,
+    TrainingDiverged) and Interrupted (SIGINT/SIGTERM/SIGUSR1: a checkpoint was saved)."""
     output_dir = Path(recipe.output_dir)
-    check_output_dir(output_dir, overwrite, resume)
-    t_start = time.perf_counter()
-    cfg = recipe.train
     # accelerate keeps mixed precision process-wide; a second run in one process (tests, notebooks) may
     # ask for another, so start from a clean state (the distributed PartialState is kept)
     AcceleratorState._reset_state()
-    accelerator = make_accelerator(recipe, output_dir)
+    # the launchers (torchrun, accelerate launch) set RANK; the distributed state is not made this early, as
+    # make_accelerator must choose its backend first
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    with rundir.RunLock(output_dir, enabled=is_main), InterruptFlag() as interrupted:
+        if is_main:
+            rundir.recover_swap(output_dir)
+        plan = rundir.plan_run(output_dir, recipe, overwrite, resume)
+        try:
+            return _train(recipe, plan, interrupted)
+        except BaseException as err:
+            if is_main:
+                rundir.discard(plan)
+            failure = rundir.write_error(err, (output_dir, plan.work_dir), resumable=plan.mode != "overwrite")
+            if failure is not None:
+                raise failure from None
+            raise
+
+
+def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> dict[str, Any]:
+    """The run itself, top to bottom; `finetune` holds the lock, has planned the output directory and
+    catches interrupting signals."""
+    output_dir, work_dir = plan.output_dir, plan.work_dir  # work_dir: beside output_dir for --overwrite
+    t_start = time.perf_counter()
+    cfg = recipe.train
+    accelerator = make_accelerator(recipe, work_dir)
     is_main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(cfg.seed)
     set_pad_multiple(8 if accelerator.device.type == "cuda" else 1)
 
+    for notice in plan.notices:
+        accelerator.print(notice)
+
     task, model_path, raw, features = load_task_data(recipe, accelerator)
+    preflight.check_run(recipe, task, model_path, raw)  # all else knowable before the first write
     t_data = time.perf_counter() - t_start
-
-    # Only now, with the data known good, is the output directory touched.
-    if is_main:
-        if overwrite and not resume and output_dir.exists():
-            shutil.rmtree(output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        outputs.atomic_write_text(output_dir / "recipe.yaml", recipe_to_yaml(recipe))
-    accelerator.wait_for_everyone()
-
     model = build_training_model(task, model_path, recipe)
+    run = run_description(recipe, raw, world)
+    if plan.mode == "resume":
+        check_resumable(plan.checkpoint, run, accelerator.print)
+
+    # Only now, with data, settings and model known good, is the output directory touched.
+    log_path = work_dir / "train_log.jsonl"
+    if is_main:
+        rundir.prepare(plan)
+        outputs.atomic_write_text(work_dir / "recipe.yaml", recipe_to_yaml(recipe))
+    log = outputs.JsonlLog(log_path, enabled=is_main, append=plan.mode == "resume")
+    accelerator.wait_for_everyone()
     runtime.setup_done()
     if cfg.compile:
         model = torch.compile(model, dynamic=True)
@@ -308,10 +397,10 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     unwrapped = accelerator.unwrap_model(model)
 
     state = LoopState()
-    checkpoint_dir = output_dir / CHECKPOINTS
-    log = outputs.JsonlLog(output_dir / "train_log.jsonl", enabled=is_main, append=bool(resume))
-    if resume:
-        folder = resume_folder(output_dir, resume)
+    checkpoint_dir = work_dir / CHECKPOINTS
+    last_checkpoint = plan.checkpoint  # the newest checkpoint, all of it finite: named if training diverges
+    if plan.mode == "resume":
+        folder = plan.checkpoint
         state = LoopState(**checkpoint.load_state(folder, weights, optimizer, scheduler))
         checkpoint.load_process_rng(folder, rank)
         if is_main:  # drop log lines written after the checkpoint, which the resumed run will redo
@@ -325,7 +414,47 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     metric_name = cfg.metric_for_best or task.default_metric
     greater = task.greater_is_better if cfg.greater_is_better is None else cfg.greater_is_better
 
+    checked_step = state.step  # the loss and weights were last found finite after this step
+
+    def check_finite(loss_sum: float | None = None) -> None:
+        """Before a log line and before any save: stop with TrainingDiverged if the summed loss since the
+        last check, or any trainable weight, is NaN/inf; nothing non-finite is ever saved."""
+        nonlocal checked_step
+        bad_weight = nonfinite_weight(weights)
+        if bad_weight is None and (loss_sum is None or math.isfinite(loss_sum)):
+            checked_step = state.step
+            return
+        what = f"the training loss is {loss_sum}" if bad_weight is None else f"weight {bad_weight} is NaN/inf"
+        steps = f"step {state.step}" if checked_step >= state.step - 1 else f"steps {checked_step + 1}-{state.step}"
+        kept = (f"{output_dir} still holds the previous run" if plan.mode == "overwrite"  # the attempt is discarded
+                else f"Last good checkpoint: {last_checkpoint or 'none'}")
+        raise TrainingDiverged(f"training diverged at {steps}: {what}; no model was saved. {kept}. Lower train.lr "
+                               f"(now {cfg.lr}) and start again with --overwrite")
+
+    def new_window(saved: dict | None = None) -> dict:
+        """The sums behind the next log line, from zero or from a checkpoint's open window."""
+        saved = saved or {}
+        return {"loss": saved.get("loss", 0.0), "targets": saved.get("targets", 0.0), "samples": saved.get("samples", 0),
+                "tokens": saved.get("tokens", 0), "t0": time.perf_counter() - saved.get("seconds", 0.0)}
+
+    def reduce_window() -> list[float]:
+        """(loss, targets, samples, tokens) of the open log window, summed over processes."""
+        totals = torch.tensor([float(window["loss"]), window["targets"], window["samples"], window["tokens"]],
+                              dtype=torch.float64, device=device)
+        if world > 1:
+            totals = accelerator.reduce(totals, reduction="sum")
+        return totals.tolist()
+
     def save_checkpoint() -> Path:
+        """Write `checkpoints/step-N` (all processes take part); the open log window goes into it, summed on
+        the main process, so that a resumed run logs and counts exactly what this one will."""
+        nonlocal window, last_checkpoint
+        loss, targets, samples, tokens = reduce_window()
+        check_finite(loss)
+        sums = {"loss": loss, "targets": targets, "samples": int(samples), "tokens": int(tokens),
+                "seconds": time.perf_counter() - window["t0"]}
+        state.window = sums
+        window = new_window(sums if is_main else {"seconds": sums["seconds"]})  # as a resumed run will have it
         target = checkpoint_dir / f"step-{state.step}"
         tmp = checkpoint_dir / f".tmp-step-{state.step}"
         if is_main:
@@ -335,10 +464,15 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         checkpoint.save_process_rng(tmp, rank)
         accelerator.wait_for_everyone()
         if is_main:
-            checkpoint.save_main_state(tmp, weights.state(), optimizer, scheduler, state.__dict__)
-            shutil.rmtree(target, ignore_errors=True)
-            os.replace(tmp, target)
+            try:
+                checkpoint.save_main_state(tmp, weights.state(), optimizer, scheduler, state.__dict__)
+                checkpoint.commit(tmp, target, run)
+            except BaseException:  # e.g. a full disk: free what the half-written checkpoint holds
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
             checkpoint.rotate(checkpoint_dir, cfg.save_total_limit)
+        state.window = {}
+        last_checkpoint = target
         accelerator.wait_for_everyone()
         return target
 
@@ -366,6 +500,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         if improved:
             state.best_metric, state.best_step, state.evals_without_improvement = float(value), state.step, 0
             best_validation = (metrics, predictions)
+            check_finite()
             if is_main:
                 with outputs.AtomicDir(checkpoint_dir / BEST) as tmp:
                     from safetensors.torch import save_file
@@ -380,18 +515,10 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     # -- train --
     model.train()
     device = accelerator.device
-    window = {"loss": 0.0, "targets": 0, "samples": 0, "tokens": 0, "t0": time.perf_counter()}
+    window = new_window(state.window if is_main else None)  # one process carries a resumed window's sums
+    state.window = {}
     stopped_early = False
     progress = training_progress(enabled=is_main)
-    previous_sigint = signal.getsignal(signal.SIGINT)
-    interrupted = {"flag": False}
-
-    def on_sigint(signum, frame):  # finish the current step, then checkpoint and exit
-        if interrupted["flag"]:
-            raise KeyboardInterrupt
-        interrupted["flag"] = True
-
-    signal.signal(signal.SIGINT, on_sigint)
 
     def micro_batches():
         """The data stream from the current position, across epoch boundaries."""
@@ -399,8 +526,8 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         lengths = batching.example_lengths(features["train"])
         while m < total_micro:
             epoch, offset = divmod(m, micro_per_epoch)
-            plan = batching.global_batches(lengths, micro_batch_size, cfg.seed, epoch, cfg.group_by_length)
-            mine = [batching.shard_batch(b, rank, world) for b in plan[offset:]]
+            order = batching.global_batches(lengths, micro_batch_size, cfg.seed, epoch, cfg.group_by_length)
+            mine = [batching.shard_batch(b, rank, world) for b in order[offset:]]
             for batch in batching.iterate(features["train"], mine, task.collate, cfg.num_workers):
                 yield batch
                 m += 1
@@ -410,61 +537,61 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     stream = micro_batches()
     if cfg.eval_on_start and state.step == 0:  # the untrained baseline: logged, never the best
         evaluate_and_log()
-    try:
-        with progress:
-            bar = progress.add_task("training", total=total_steps, completed=state.step, status="")
-            while state.step < total_steps:
-                t_step = time.perf_counter()
-                window_batches = [b for _, b in zip(range(cfg.grad_accum), stream)]
-                if not window_batches:
-                    break
-                loss_total, targets, samples, tokens = accumulate_gradients(task, model, window_batches, accelerator)
-                window["loss"] += loss_total
-                window["samples"] += samples
-                window["tokens"] += tokens
-                # every process holds the global target count; count it once in the cross-process sum
-                window["targets"] += targets / world
-                apply_update(model, weights, optimizer, accelerator, cfg.max_grad_norm)
-                scheduler.step()
-                state.step += 1
-                state.micro_step += len(window_batches)
-                state.train_seconds += time.perf_counter() - t_step
+    with progress:
+        bar = progress.add_task("training", total=total_steps, completed=state.step, status="")
+        while state.step < total_steps:
+            t_step = time.perf_counter()
+            window_batches = [b for _, b in zip(range(cfg.grad_accum), stream)]
+            if not window_batches:
+                break
+            loss_total, targets, samples, tokens = accumulate_gradients(task, model, window_batches, accelerator)
+            window["loss"] += loss_total
+            window["samples"] += samples
+            window["tokens"] += tokens
+            # every process holds the global target count; count it once in the cross-process sum
+            window["targets"] += targets / world
+            apply_update(model, weights, optimizer, accelerator, cfg.max_grad_norm)
+            scheduler.step()
+            state.step += 1
+            state.micro_step += len(window_batches)
+            state.train_seconds += time.perf_counter() - t_step
+            if world == 1 and device.type == "cpu" and not math.isfinite(float(loss_total)):  # free on CPU
+                check_finite(float(loss_total))
 
-                if state.step % cfg.log_steps == 0 or state.step == total_steps:
-                    elapsed = time.perf_counter() - window["t0"]
-                    totals = torch.tensor([float(window["loss"]), window["targets"], window["samples"], window["tokens"]],
-                                          dtype=torch.float64, device=device)
-                    if world > 1:
-                        totals = accelerator.reduce(totals, reduction="sum")
-                    loss_v, targets_v, samples_v, tokens_v = totals.tolist()
-                    state.samples += int(samples_v)
-                    state.tokens += int(tokens_v)
-                    record = {"kind": "train", "step": state.step, "epoch": round(state.micro_step / micro_per_epoch, 4),
-                              "loss": loss_v / max(1.0, targets_v), "lr": scheduler.get_last_lr()[0],
-                              "samples_per_s": samples_v / elapsed, "tokens_per_s": tokens_v / elapsed}
-                    log.write(record)
-                    state.history.append(record)
-                    accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")}, step=state.step)
-                    progress.update(bar, status=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
-                                                f"{record['samples_per_s']:.1f} samples/s")
-                    window = {"loss": 0.0, "targets": 0, "samples": 0, "tokens": 0, "t0": time.perf_counter()}
-                progress.update(bar, completed=state.step)
+            if state.step % cfg.log_steps == 0 or state.step == total_steps:
+                elapsed = time.perf_counter() - window["t0"]
+                loss_v, targets_v, samples_v, tokens_v = reduce_window()
+                check_finite(loss_v)
+                state.samples += int(samples_v)
+                state.tokens += int(tokens_v)
+                record = {"kind": "train", "step": state.step, "epoch": round(state.micro_step / micro_per_epoch, 4),
+                          "loss": loss_v / max(1.0, targets_v), "lr": scheduler.get_last_lr()[0],
+                          "samples_per_s": samples_v / elapsed, "tokens_per_s": tokens_v / elapsed}
+                log.write(record)
+                state.history.append(record)
+                accelerator.log({f"train/{k}": v for k, v in record.items() if k not in ("kind", "step")}, step=state.step)
+                progress.update(bar, status=f"loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                                            f"{record['samples_per_s']:.1f} samples/s")
+                window = new_window()
+            progress.update(bar, completed=state.step)
 
-                last = state.step == total_steps
-                if (cfg.eval_steps and state.step % cfg.eval_steps == 0) or last:
-                    stopped_early = run_eval()
-                if (cfg.save_steps and state.step % cfg.save_steps == 0) or (cfg.save_steps and last):
-                    save_checkpoint()
-                if interrupted["flag"] and not last:
-                    folder = save_checkpoint()
-                    raise Interrupted(f"interrupted at step {state.step}/{total_steps}; checkpoint saved to {folder}. "
-                                      f"Resume with the same command plus --resume")
-                if stopped_early:
-                    accelerator.print(f"early stopping at step {state.step}: no {metric_name} improvement in "
-                                      f"{cfg.early_stopping_patience} evaluations")
-                    break
-    finally:
-        signal.signal(signal.SIGINT, previous_sigint)
+            last = state.step == total_steps
+            if (cfg.eval_steps and state.step % cfg.eval_steps == 0) or last:
+                stopped_early = run_eval()
+            if (cfg.save_steps and state.step % cfg.save_steps == 0) or (cfg.save_steps and last):
+                save_checkpoint()
+            if interrupted.signal is not None and not last:
+                why = f"interrupted ({signal.Signals(interrupted.signal).name}) at step {state.step}/{total_steps}"
+                if plan.mode == "overwrite":  # the old run stays until a new one has finished
+                    raise Interrupted(f"{why}; {output_dir} still holds the previous run, which --overwrite replaces "
+                                      "only once the new run finishes; run the command again to start over")
+                just_saved = last_checkpoint == checkpoint_dir / f"step-{state.step}"
+                folder = last_checkpoint if just_saved else save_checkpoint()
+                raise Interrupted(f"{why}; checkpoint saved to {folder}. Resume with the same command plus --resume")
+            if stopped_early:
+                accelerator.print(f"early stopping at step {state.step}: no {metric_name} improvement in "
+                                  f"{cfg.early_stopping_patience} evaluations")
+                break
     # the optimizer moments and gradient buffers (4x the trainable weights in fp32) are no longer needed:
     # the test evaluation and the save that follow run in their memory
     optimizer.state.clear()
@@ -485,7 +612,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
     initial = [r for r in state.history if r["kind"] == "eval" and r["step"] == 0]
     if initial:  # eval_on_start: the untrained model's scores, the baseline the run should beat
         final["initial_validation"] = {k: v for k, v in initial[0].items() if k not in ("kind", "step")}
-    if "test" in features:
+    if "test" in features and precision == "no":
         final["test"], _ = evaluate(task, model, features["test"], raw["test"], accelerator, cfg.eval_batch_size)
     final.update({
         "train_steps": state.step, "train_samples": state.samples, "train_seconds": round(state.train_seconds, 2),
@@ -495,13 +622,23 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         "trainable_params": trainable, "total_params": total_params, "processes": world,
         "mixed_precision": precision, "device": str(device),
     })
+    check_finite(reduce_window()[0])
     weights.finalize(unwrapped)
+    if precision != "no":  # evaluation ran in bf16/fp16 but fp32 weights are saved: score what is saved, so the
+        # run's metrics and predictions_validation.jsonl are what reloading the run (adapt predict/eval) gives
+        final["validation"], val_predictions = evaluate(task, model, features["validation"], raw["validation"],
+                                                        accelerator, cfg.eval_batch_size, autocast=False)
+        if "test" in features:
+            final["test"], _ = evaluate(task, model, features["test"], raw["test"], accelerator, cfg.eval_batch_size,
+                                        autocast=False)
     if is_main:
-        write_final_artefacts(task, unwrapped, output_dir, recipe, final, raw, val_predictions, model_path)
+        write_final_artefacts(task, unwrapped, work_dir, recipe, final, raw, val_predictions, model_path)
         final["wall_seconds"] = round(time.perf_counter() - t_start, 2)
-        outputs.atomic_write_json(output_dir / "metrics.json", final)
-        console.print(summary_table(recipe, final, output_dir, metric_name))
+        outputs.atomic_write_json(work_dir / "metrics.json", final)
     accelerator.end_training()
+    if is_main:
+        rundir.commit(plan)  # --overwrite: the finished run replaces the old one only now
+        console.print(summary_table(recipe, final, output_dir, metric_name))
     return final
 
 
@@ -510,6 +647,10 @@ def write_final_artefacts(task: Task, model, output_dir: Path, recipe: Recipe, f
     """A standard Hugging Face folder (weights, config, tokenizer, card) plus adapt's run records."""
     with outputs.AtomicDir(output_dir / ".final") as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+        if recipe.peft:  # the adapter folder alone rebuilds the model: base config (labels, head), generation config
+            from adapt.lora import save_adapter_extras
+
+            save_adapter_extras(model, tmp)
         task.tokenizer.save_pretrained(tmp)
         n_examples = {k: len(v) for k, v in raw.items()}
         extra = {"mixed precision": final["mixed_precision"], "processes": final["processes"],

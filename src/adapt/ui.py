@@ -1,4 +1,7 @@
-"""Terminal output: the live training progress bar and the end-of-run summary table (rich)."""
+"""Terminal output: the live training progress bar and the end-of-run summary table (rich).
+
+User text, label names, paths and file content are always shown literally: the consoles read no rich markup
+or emoji codes (so "because [the leads] are" keeps its brackets), and styling is given as styles, not markup."""
 
 from __future__ import annotations
 
@@ -7,11 +10,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from adapt.outputs import scalar_metrics
 
-console = Console(stderr=False)
-error_console = Console(stderr=True)
+console = Console(stderr=False, markup=False, emoji=False)
+error_console = Console(stderr=True, markup=False, emoji=False)
 
 
 class _Silent:
@@ -32,8 +36,9 @@ def training_progress(enabled: bool = True):
     if not enabled:
         return _Silent()
     return Progress(
-        TextColumn("[bold blue]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-        TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"),
+        TextColumn("{task.description}", style="bold blue", markup=False), BarColumn(), MofNCompleteColumn(),
+        TextColumn("steps"), TimeElapsedColumn(), TextColumn("<"), TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}", markup=False),
         console=console, transient=False, refresh_per_second=4,
     )
 
@@ -87,5 +92,5 @@ def prediction_table(records: list[dict]) -> Table:
     for record in records:
         shown = {k: v for k, v in record.items() if k != "input"}
         text = display_input(record["input"])
-        table.add_row(str(text), ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items()))
+        table.add_row(Text(str(text)), Text(", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())))
     return table

@@ -38,8 +38,8 @@ def _streams(references: list[list[str]]) -> list[list[str]]:
     return [list(stream) for stream in zip(*references)]
 
 
-def _bleu(predictions, references):
-    return bleu_score(list(predictions), _streams(references))
+def _bleu(predictions, references, tokenize: str | None = None, target_lang: str | None = None):
+    return bleu_score(list(predictions), _streams(references), tokenize, target_lang)
 
 
 def _chrf(predictions, references):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF
@@ -21,19 +23,113 @@ def _check_streams(hypotheses: list[str], references: list[list[str]]) -> None:
             raise AdaptError(f"reference stream {i + 1} has {len(stream)} lines but there are {len(hypotheses)} hypotheses")
 
 
-def _metric(name: str) -> BLEU | CHRF:
-    return BLEU() if name == "bleu" else CHRF()
+_ISO639_3 = {"zho": "zh", "cmn": "zh", "yue": "zh", "jpn": "ja", "kor": "ko"}
+_SPM_TOKENIZERS = ("spm", "flores101", "flores200", "spBLEU-1K")
+_EXTRAS = {"ja-mecab": "ja", "ko-mecab": "ko"}
+_LANGUAGE_NAMES = {"zh": "Chinese", "ja": "Japanese", "ko": "Korean"}
+_SCRIPTS = {  # Unicode blocks of the scripts that tell Chinese, Japanese and Korean text apart
+    "hangul": ((0x1100, 0x11FF), (0x3130, 0x318F), (0xA960, 0xA97F), (0xAC00, 0xD7AF)),
+    "kana": ((0x3040, 0x30FF), (0x31F0, 0x31FF), (0xFF66, 0xFF9F)),
+    "han": ((0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x2FA1F)),
+}
 
 
-def sentence_stats(name: str, hypotheses: list[str], references: list[list[str]]) -> np.ndarray:
-    """Per-sentence sufficient statistics of "bleu" or "chrf" (rows sum to sacrebleu's corpus statistics)."""
+def _script(char: str) -> str | None:
+    code = ord(char)
+    return next((name for name, blocks in _SCRIPTS.items() if any(a <= code <= b for a, b in blocks)), None)
+
+
+def detect_cjk(texts: list[str]) -> str | None:
+    """"zh", "ja" or "ko" when Han, kana or Hangul characters make up at least half of the units of `texts`
+    (each CJK character is a unit, as is each run of other letters, i.e. a word of Latin, Cyrillic... text),
+    else None. Hangul as the largest share means Korean; otherwise kana (at least 5% of the CJK characters)
+    means Japanese, and Han alone means Chinese."""
+    counts = {"hangul": 0, "kana": 0, "han": 0}
+    other_words = 0
+    for text in texts:
+        in_word = False
+        for char in text if isinstance(text, str) else ():  # sacreBLEU streams may hold None for a missing reference
+            script = _script(char) if char.isalpha() else None
+            if script:
+                counts[script] += 1
+            elif char.isalpha() and not in_word:
+                other_words += 1
+            in_word = char.isalpha() and not script
+    cjk = sum(counts.values())
+    if not cjk or cjk < other_words:
+        return None
+    if counts["hangul"] >= max(counts["kana"], counts["han"]):
+        return "ko"
+    return "ja" if counts["kana"] >= 0.05 * cjk else "zh"
+
+
+def language_code(target_lang: str) -> str:
+    """The primary ISO 639-1 subtag of a language tag: "zh-CN", "zh_Hans" and "zho_Hans" give "zh"."""
+    primary = target_lang.replace("_", "-").split("-")[0].lower()
+    return _ISO639_3.get(primary, primary)
+
+
+def bleu_tokenizer(tokenize: str | None, target_lang: str | None, references: list[list[str]]) -> tuple[str, str]:
+    """The sacreBLEU tokenizer for BLEU and why it was chosen, as (name, reason).
+
+    An explicit `tokenize` wins; else sacreBLEU's own rule for a known target language (zh -> zh,
+    ja -> ja-mecab, ko -> ko-mecab, any other -> 13a); else, with no language given, the references'
+    script (`detect_cjk`) picks the tokenizer of that language, and other text gets sacreBLEU's default 13a.
+
+    Raises AdaptError for an unknown tokenizer name, a mecab tokenizer whose sacreBLEU extra is not
+    installed, or a SentencePiece tokenizer whose model file is not in sacreBLEU's folder (adapt never
+    downloads it)."""
+    if tokenize is not None:
+        name, reason = tokenize, "given by --tokenize"
+    elif target_lang:
+        lang = language_code(target_lang)
+        name = BLEU._TOKENIZER_MAP.get(lang, BLEU.TOKENIZER_DEFAULT)
+        reason = f"sacreBLEU's tokenizer for the target language '{target_lang}'"
+    else:
+        lang = detect_cjk([text for stream in references for text in stream])
+        if lang:
+            name = BLEU._TOKENIZER_MAP[lang]
+            reason = f"the references are {_LANGUAGE_NAMES[lang]} text; set --target-lang or --tokenize to override"
+        else:
+            name = BLEU.TOKENIZER_DEFAULT
+            reason = "sacreBLEU's default: no target language given and the references are not Chinese/Japanese/Korean"
+    if name not in BLEU.TOKENIZERS:
+        raise AdaptError(f"unknown BLEU tokenizer '{name}'; sacreBLEU's tokenizers: {', '.join(BLEU.TOKENIZERS)}")
+    if name in _SPM_TOKENIZERS:
+        from sacrebleu.tokenizers.tokenizer_spm import SPM_MODELS
+        from sacrebleu.utils import SACREBLEU_DIR
+
+        model = Path(SACREBLEU_DIR, "models", Path(SPM_MODELS[name]["url"]).name)
+        if not model.is_file():
+            raise AdaptError(f"BLEU tokenizer '{name}' needs sacreBLEU's SentencePiece model {model}, which adapt "
+                             f"does not download; put the file there (from {SPM_MODELS[name]['url']}) or choose "
+                             "another --tokenize (13a, intl, char, zh, ja-mecab, ko-mecab)")
+    if name in _EXTRAS:
+        try:
+            BLEU(tokenize=name)
+        except (ImportError, RuntimeError):
+            raise AdaptError(f"BLEU tokenizer '{name}' ({reason}) needs sacreBLEU's extra: "
+                             f"pip install 'sacrebleu[{_EXTRAS[name]}]'") from None
+    return name, reason
+
+
+def _metric(name: str, tokenize: str | None = None) -> BLEU | CHRF:
+    return BLEU(tokenize=tokenize) if name == "bleu" else CHRF()
+
+
+def sentence_stats(
+    name: str, hypotheses: list[str], references: list[list[str]], tokenize: str | None = None
+) -> np.ndarray:
+    """Per-sentence sufficient statistics of "bleu" or "chrf" (rows sum to sacrebleu's corpus statistics);
+    `tokenize` is BLEU's sacreBLEU tokenizer (None: 13a)."""
     _check_streams(hypotheses, references)
-    return np.asarray(_metric(name)._extract_corpus_statistics(hypotheses, references), dtype=np.int64)
+    return np.asarray(_metric(name, tokenize)._extract_corpus_statistics(hypotheses, references), dtype=np.int64)
 
 
-def score_from_stats(name: str, stats: np.ndarray, num_refs: int) -> dict:
-    """Corpus BLEU or chrF from summed statistics; equals sacrebleu's `corpus_score` on the same sentences."""
-    metric = _metric(name)
+def score_from_stats(name: str, stats: np.ndarray, num_refs: int, tokenize: str | None = None) -> dict:
+    """Corpus BLEU or chrF from summed statistics; equals sacrebleu's `corpus_score` on the same sentences.
+    The `signature` is sacreBLEU's (it names the tokenizer, e.g. tok:zh)."""
+    metric = _metric(name, tokenize)
     metric.num_refs = num_refs  # shown in the signature, as corpus_score sets it
     score = metric._compute_score_from_stats([int(x) for x in stats])
     signature = str(metric.get_signature())
@@ -49,13 +145,20 @@ def score_from_stats(name: str, stats: np.ndarray, num_refs: int) -> dict:
     }
 
 
-def _corpus(name: str, hypotheses: list[str], references: list[list[str]]) -> dict:
-    return score_from_stats(name, sentence_stats(name, hypotheses, references).sum(axis=0), len(references))
+def _corpus(name: str, hypotheses: list[str], references: list[list[str]], tokenize: str | None = None) -> dict:
+    stats = sentence_stats(name, hypotheses, references, tokenize).sum(axis=0)
+    return score_from_stats(name, stats, len(references), tokenize)
 
 
-def bleu_score(hypotheses: list[str], references: list[list[str]]) -> dict:
-    """sacrebleu corpus BLEU (13a tokenisation, exp smoothing); `references` is a list of reference streams."""
-    return _corpus("bleu", hypotheses, references)
+def bleu_score(
+    hypotheses: list[str], references: list[list[str]], tokenize: str | None = None, target_lang: str | None = None
+) -> dict:
+    """sacrebleu corpus BLEU (exp smoothing); `references` is a list of reference streams. The tokenizer is
+    `bleu_tokenizer(tokenize, target_lang, references)` (13a for text that is not Chinese/Japanese/Korean);
+    the result has its name in `tokenize` and sacreBLEU's `signature`."""
+    _check_streams(hypotheses, references)
+    name, _ = bleu_tokenizer(tokenize, target_lang, references)
+    return {**_corpus("bleu", hypotheses, references, name), "tokenize": name}
 
 
 def chrf_score(hypotheses: list[str], references: list[list[str]]) -> dict:

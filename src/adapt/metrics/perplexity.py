@@ -12,9 +12,13 @@ from adapt.errors import AdaptError
 def perplexity_from_nll(total_nll: float, total_tokens: int) -> dict:
     """`perplexity` = exp(total_nll / total_tokens), the mean `nll` per token (nats), and `tokens`."""
     if total_tokens <= 0:
-        raise AdaptError("no tokens were scored, so perplexity is undefined")
+        raise AdaptError("no tokens were scored (a text needs at least 2 model tokens), so perplexity is undefined")
     mean = total_nll / total_tokens
-    return {"perplexity": math.exp(mean), "nll": mean, "tokens": int(total_tokens)}
+    try:
+        perplexity = math.exp(mean)
+    except OverflowError:  # mean NLL past ~709 nats: the perplexity is beyond float range
+        perplexity = math.inf
+    return {"perplexity": perplexity, "nll": mean, "tokens": int(total_tokens)}
 
 
 def sliding_windows(length: int, max_length: int, stride: int) -> list[tuple[int, int, int]]:

@@ -5,38 +5,95 @@ from __future__ import annotations
 import warnings
 
 from seqeval.metrics import accuracy_score, classification_report
-from seqeval.scheme import IOB2
+from seqeval.scheme import IOB1, IOB2, IOBES
 
 from adapt.errors import AdaptError
 
 _SUMMARY_ROWS = ("micro avg", "macro avg", "weighted avg")
+_PREFIXES = ("B-", "I-", "E-", "S-")
+_SCHEMES = {"IOB1": IOB1, "IOB2": IOB2, "IOBES": IOBES}
 
 
-def seqeval_scores(predictions: list[list[str]], references: list[list[str]], strict: bool = True) -> dict:
-    """Micro entity P/R/F1, token accuracy and per-type scores, equal to seqeval's classification_report.
+def tag_problem(tag) -> str | None:
+    """Why `tag` is no tag seqeval can score (None when it is one): it must be "O" or B-/I-/E-/S- + a type."""
+    if not isinstance(tag, str):
+        return f"tag {tag!r} is not a string"
+    if tag == "O" or (tag.startswith(_PREFIXES) and len(tag) > 2):
+        return None
+    if tag.startswith(("L-", "U-")):
+        return f"tag '{tag}' is BILOU; seqeval reads IOB1, IOB2 and IOBES tags: write L- as E- and U- as S-"
+    return f"tag '{tag}' is neither 'O' nor a B-/I-/E-/S- prefix followed by an entity type (e.g. B-PER)"
 
-    strict=True (the default) is `mode="strict", scheme=IOB2`: an entity counts only when its type and
-    exact IOB2 span match. strict=False is seqeval's default conlleval-style mode, which also accepts
-    an entity that starts with I- and is lenient about ill-formed spans.
+
+def check_tags(sentences: list[list[str]], where: str = "sentence") -> None:
+    """Raise AdaptError naming the first sentence (`<where> N`, from 1) that holds a tag seqeval cannot score."""
+    for i, tags in enumerate(sentences, start=1):
+        for tag in tags:
+            problem = tag_problem(tag)
+            if problem:
+                raise AdaptError(f"{where} {i}: {problem}")
+
+
+def tag_scheme(sentences: list[list[str]]) -> str:
+    """The tagging scheme of valid tag sequences: "IOBES" when E-/S- occur, "IOB1" when an entity starts
+    with I- (after O, at a sentence start, or after a tag of another type), else "IOB2"."""
+    scheme = "IOB2"
+    for tags in sentences:
+        previous = "O"
+        for tag in tags:
+            if tag[:2] in ("E-", "S-"):
+                return "IOBES"
+            if tag.startswith("I-") and (previous == "O" or previous[2:] != tag[2:]):
+                scheme = "IOB1"
+            previous = tag
+    return scheme
+
+
+def _report(references, predictions, **mode) -> dict:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return classification_report(references, predictions, output_dict=True, zero_division=0, **mode)
+
+
+def seqeval_scores(predictions: list[list[str]], references: list[list[str]]) -> dict:
+    """Entity scores of word-level tag sequences, one list of tags per sentence.
+
+    The headline `precision`/`recall`/`f1` (micro over entities) and `per_type` use seqeval's default mode,
+    the conlleval behaviour that seqeval's `f1_score(y_true, y_pred)`, evaluate's seqeval metric and
+    published CoNLL figures use: an entity may start with I- (IOB1) and ill-formed spans are read leniently.
+    `strict_precision`/`strict_recall`/`strict_f1` are seqeval's `mode="strict"` in `strict_scheme`, the
+    references' scheme (IOB2, IOB1 or IOBES; see `tag_scheme`): an entity counts only when its type and
+    exact span are well-formed in that scheme. `accuracy` is token accuracy.
+
+    Raises AdaptError when the counts of sentences or of tags in a sentence differ, when a tag is neither O
+    nor B-/I-/E-/S-TYPE, or when the predictions use E-/S- tags against references that are not IOBES.
     """
     if len(predictions) != len(references):
         raise AdaptError(f"{len(predictions)} predicted sentences but {len(references)} reference sentences")
+    if not references:
+        raise AdaptError("no sentences to score")
     for i, (p, r) in enumerate(zip(predictions, references)):
         if len(p) != len(r):
             raise AdaptError(f"sentence {i + 1}: {len(p)} predicted tags but {len(r)} reference tags")
-    kwargs = {"mode": "strict", "scheme": IOB2} if strict else {}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            report = classification_report(references, predictions, output_dict=True, zero_division=0, **kwargs)
-    except (ValueError, KeyError) as err:
-        raise AdaptError(f"tags are not valid IOB2 ({err}); pass strict=False for seqeval's lenient mode") from None
-    micro = report.get("micro avg", {"precision": 0.0, "recall": 0.0, "f1-score": 0.0})
+    check_tags(references, "reference sentence")
+    check_tags(predictions, "predicted sentence")
+    scheme = tag_scheme(references)
+    if scheme != "IOBES" and tag_scheme(predictions) == "IOBES":
+        raise AdaptError(f"the predictions use E-/S- tags (IOBES) but the references are {scheme}; "
+                         "write both files in one tagging scheme")
+    report = _report(references, predictions)
+    strict = _report(references, predictions, mode="strict", scheme=_SCHEMES[scheme])
+    empty = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0}
+    micro, strict_micro = report.get("micro avg", empty), strict.get("micro avg", empty)
     return {
         "precision": float(micro["precision"]),
         "recall": float(micro["recall"]),
         "f1": float(micro["f1-score"]),
         "accuracy": float(accuracy_score(references, predictions)),
+        "strict_precision": float(strict_micro["precision"]),
+        "strict_recall": float(strict_micro["recall"]),
+        "strict_f1": float(strict_micro["f1-score"]),
+        "strict_scheme": scheme,
         "per_type": {
             name: {
                 "precision": float(row["precision"]),

@@ -16,8 +16,13 @@ TASKS = {
 }
 
 
+def task_class(name: str):
+    """The Task subclass registered as `name`."""
+    if name not in TASKS:
+        raise AdaptError(f"recipe task '{name}' is unknown; tasks are: {', '.join(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 def get_task(recipe):
-    if recipe.task not in TASKS:
-        raise AdaptError(f"recipe task '{recipe.task}' is unknown; tasks are: {', '.join(TASKS)}")
-    module, cls = TASKS[recipe.task].split(":")
-    return getattr(importlib.import_module(module), cls)(recipe)
+    return task_class(recipe.task)(recipe)

@@ -29,6 +29,8 @@ class Task:
     name: ClassVar[str]
     Options: ClassVar[type[TaskOptions]] = TaskOptions
     default_metric: ClassVar[str]
+    # every scalar metric `score` reports (what train.metric_for_best may name; checked before a run)
+    metric_names: ClassVar[tuple[str, ...]]
     greater_is_better: ClassVar[bool] = True
     pipeline_tag: ClassVar[str]
     auto_class: ClassVar[str]  # the transformers Auto class that loads this task's models
@@ -39,6 +41,8 @@ class Task:
     first_token_only: ClassVar[bool] = False
     # evaluation generates text token by token, where wide batches pay more than a capped forward saves
     generates: ClassVar[bool] = False
+    # peft's task type for adapters of this task (decides which heads stay trainable and how an adapter reloads)
+    peft_task_type: ClassVar[str | None] = None
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -62,6 +66,8 @@ class Task:
             ds = data.load_hub_split(ref, self.recipe.data.hub_config, split)
         ds = self.normalize(ds, ref)
         data.check_not_empty(ds, ref)
+        # one validation path for finetune, eval and `data inspect`: no example without input text
+        data.check_texts(ds, data.input_columns(ds, self.group_column), ref)
         return ds
 
     def read_file(self, path: Path) -> Dataset:
@@ -111,11 +117,18 @@ class Task:
         from transformers import AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.recipe.trust_remote_code)
+            self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.recipe.trust_remote_code,
+                                                           **self.tokenizer_kwargs())
         except OSError as err:  # the Hub client reports a missing folder or model id as OSError
             raise AdaptError(f"cannot load a tokenizer from '{path}' ({str(err).splitlines()[0]}); check --model: "
                              "a local model folder, a Hub model id or embedded:NAME") from None
+        except ValueError as err:  # custom tokenizer code without trust_remote_code, unknown model type
+            raise model_load_error(path, err) from None
         return self.tokenizer
+
+    def tokenizer_kwargs(self) -> dict[str, Any]:
+        """Extra `AutoTokenizer.from_pretrained` arguments this task's options ask for."""
+        return {}
 
     def build_model(self, path: str):
         """A model to fine-tune, from a pretrained checkpoint."""
@@ -127,10 +140,36 @@ class Task:
             from adapt.lora import load_adapter_model
 
             return load_adapter_model(path, self)
+        return self.pretrained_model(path)
+
+    def pretrained_model(self, path: str, **kwargs):
+        """`auto_class.from_pretrained(path, **kwargs)` from safetensors weights only (never a pickle), running
+        model code shipped with a checkpoint only when the recipe's trust_remote_code is true.
+
+        Raises:
+            AdaptError: one line naming the folder and the fix when the weights are not safetensors, the model
+                type needs remote code, or the folder/model id cannot be loaded.
+        """
         import transformers
 
-        return getattr(transformers, self.auto_class).from_pretrained(
-            path, use_safetensors=True, trust_remote_code=self.recipe.trust_remote_code)
+        try:
+            return getattr(transformers, self.auto_class).from_pretrained(
+                path, use_safetensors=True, trust_remote_code=self.recipe.trust_remote_code, **kwargs)
+        except (OSError, ValueError) as err:
+            raise model_load_error(path, err) from None
+
+    def adapter_base_model(self, folder: Path, base: str):
+        """The base model an adapter saved in `folder` attaches to: `base`'s pretrained weights with the model
+        config saved beside the adapter (label names, head size), or `base`'s own config when none was saved."""
+        if not (folder / "config.json").exists():
+            return self.pretrained_model(base)
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(folder, trust_remote_code=self.recipe.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise model_load_error(str(folder), err) from None
+        return self.pretrained_model(base, config=config)
 
     def restore_from_model(self, model) -> None:
         """Recover what `setup` learned (labels, ...) from a saved model, for predict/eval."""
@@ -171,6 +210,64 @@ class Task:
     def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
         """Per-example records written next to metrics (inputs, gold, prediction)."""
         return predictions
+
+
+def model_load_error(path: str, err: Exception) -> AdaptError:
+    """One actionable line for a checkpoint transformers could not load (`err` from `from_pretrained`)."""
+    text = str(err)
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        return AdaptError(f"{path}: holds only pickle weights (*.bin), and adapt loads safetensors only (a pickle "
+                          "can run code); convert it once with `model.save_pretrained(dir, safe_serialization=True)` "
+                          "in a trusted session, or use a checkpoint that ships model.safetensors")
+    if "does not appear to have a file named" in text and "safetensors" in text:
+        return AdaptError(f"{path}: no safetensors weights ({first}); adapt loads safetensors only: use a checkpoint "
+                          "that ships model.safetensors")
+    if "trust_remote_code" in text or "does not recognize this architecture" in text:
+        return AdaptError(f"{path}: its model type needs code shipped with the checkpoint ({first}); review that code, "
+                          "then pass --trust-remote-code (adapt finetune: trust_remote_code=true), or use a model "
+                          "type transformers supports")
+    return AdaptError(f"cannot load the model '{path}' ({first}); check --model: a local model folder, a Hub model id "
+                      "or embedded:NAME")
+
+
+# generation-config flags that only one decoding mode reads; transformers refuses to save a modified config
+# that sets them for another mode (e.g. a checkpoint's `temperature: 0.6` under greedy decoding)
+SAMPLING_ONLY_FLAGS = ("temperature", "top_p", "top_k", "min_p", "top_h", "typical_p", "epsilon_cutoff", "eta_cutoff")
+BEAM_ONLY_FLAGS = ("early_stopping", "length_penalty")
+
+
+def apply_generation_settings(model, settings: dict[str, Any], model_ref: str) -> None:
+    """Put adapt's decoding `settings` into `model.generation_config` (saved with the model, so `generate()`
+    on the output folder decodes as evaluation did), unset the checkpoint's flags that the chosen mode does not
+    read (sampling flags when greedy/beam search, beam flags with one beam), and check the result the way
+    transformers' `save_pretrained` will, now, before any training.
+
+    Raises:
+        AdaptError: the combined generation config is still invalid, naming the checkpoint and the problem.
+    """
+    config = model.generation_config
+    config.update(**settings)
+    if not config.do_sample:
+        for key in SAMPLING_ONLY_FLAGS:
+            setattr(config, key, None)
+    if (config.num_beams or 1) == 1:
+        for key in BEAM_ONLY_FLAGS:
+            setattr(config, key, None)
+    try:
+        config.validate(strict=True)
+    except ValueError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3] if line.strip()) or str(err)
+        raise AdaptError(f"{model_ref}: its generation_config.json with the recipe's decoding settings would not save "
+                         f"({detail}); change task_options (decoding) or fix generation_config.json") from None
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give a tokenizer without a padding token (GPT-2, Llama, Qwen2 style) its EOS token as pad, so batches
+    of several rows can be padded (and decoder classifiers find each row's last real token)."""
+    if tokenizer.pad_token_id is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -217,3 +314,27 @@ def pad_batch(rows: dict[str, list], pad_token_id: int, pad_values: dict[str, in
         elif isinstance(first, (int, float, bool)):
             batch[key] = torch.tensor(column)
     return batch
+
+
+def predict_input(text: str, columns: list[str], number: int, fix: str) -> Any:
+    """One input line of `adapt predict`. A line holding a JSON object (a `--file` in JSON Lines, as the
+    task's own data files) gives the value of the first of `columns` it has; any other line is the input.
+
+    Raises:
+        AdaptError: a JSON object with none of `columns`, naming the input's number and `fix`.
+    """
+    import json
+
+    if not text.lstrip().startswith("{"):
+        return text
+    try:
+        item = json.loads(text)
+    except json.JSONDecodeError:
+        return text  # text that merely starts with a brace
+    if not isinstance(item, dict):
+        return text
+    for column in columns:
+        if column in item and item[column] is not None:
+            return item[column]
+    raise AdaptError(f"input {number}: the JSON object has no {' or '.join(repr(c) for c in columns)} "
+                     f"(keys: {', '.join(map(str, item)) or 'none'}); {fix}")

@@ -3,6 +3,7 @@ loss on the completion only; scored by token-weighted perplexity, and used for t
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ from pydantic import Field
 from adapt import data
 from adapt.errors import AdaptError
 from adapt.metrics import perplexity_from_nll
-from adapt.tasks.base import Task, TaskOptions, model_inputs, pad_batch, summed_cross_entropy
+from adapt.tasks.base import (Task, TaskOptions, apply_generation_settings, ensure_pad_token, model_inputs,
+                               pad_batch, predict_input, summed_cross_entropy)
 
 
 class CausalLMOptions(TaskOptions):
@@ -34,13 +36,16 @@ def is_plain_text_file(ref: str) -> bool:
 
 
 def split_passages(text: str, min_chars: int) -> list[str]:
-    """Cut text after blank lines into passages of at least `min_chars` characters (the last may be shorter).
-    The passages are exact substrings: joined, they give the text back."""
+    """Cut text into passages of at least `min_chars` characters (the last may be shorter): after blank lines,
+    or, in a text without blank lines (one sentence or document per line, as Penn Treebank files), after
+    any line. The passages are exact substrings: joined, they give the text back."""
+    lines = text.splitlines(keepends=True)
+    blank_separated = any(not line.strip() for line in lines[:-1])
     passages, current, size = [], [], 0
-    for line in text.splitlines(keepends=True):
+    for line in lines:
         current.append(line)
         size += len(line)
-        if size >= min_chars and not line.strip():
+        if size >= min_chars and (not line.strip() or not blank_separated):
             passages.append("".join(current))
             current, size = [], 0
     if current:
@@ -65,9 +70,11 @@ class CausalLM(Task):
     name = "clm"
     Options = CausalLMOptions
     default_metric = "perplexity"
+    metric_names = ("perplexity", "nll", "loss", "tokens")
     greater_is_better = False
     pipeline_tag = "text-generation"
     auto_class = "AutoModelForCausalLM"
+    peft_task_type = "CAUSAL_LM"
 
     # ---- data -----------------------------------------------------------------------------------
     def read_file(self, path: Path) -> Dataset:
@@ -76,7 +83,16 @@ class CausalLM(Task):
         if not is_plain_text_file(str(path)):
             return data.read_table(path)
         text = data.read_text(path).replace("\r\n", "\n")
+        if not text.strip():
+            raise AdaptError(f"{path}: the file has no text; give a plain-text file to train on")
         passages = split_passages(text, self.options.passage_chars)
+        carved = not self.recipe.data.validation and str(path) == str(Path(self.recipe.data.train or ""))
+        if carved and len(passages) < 2:
+            raise AdaptError(
+                f"{path}: the text ({len(text):,} characters) is a single passage, and the validation split is "
+                f"carved from whole passages (cut at blank lines, or at line ends in a file without blank lines, "
+                f"once they reach task_options.passage_chars={self.options.passage_chars}); lower "
+                "task_options.passage_chars or give --validation")
         # only the file's end is a document boundary; passages of one file join without EOS
         return Dataset.from_dict({"text": passages, "ends_document": [False] * (len(passages) - 1) + [True]})
 
@@ -86,6 +102,12 @@ class CausalLM(Task):
         o = self.options
         if o.prompt_column in ds.column_names and o.completion_column in ds.column_names:
             ds = ds.select_columns([o.prompt_column, o.completion_column])
+            for column in (o.prompt_column, o.completion_column):
+                for row, value in enumerate(ds[column]):
+                    if not isinstance(value, str) or not value.strip():
+                        what = "null" if value is None else "empty" if isinstance(value, str) else f"not text ({value!r})"
+                        raise AdaptError(f"{source}: {data.row_location(source, row)}: '{column}' is {what}; every "
+                                         "prompt/completion pair needs text in both (fix or remove that line)")
             renames = {o.prompt_column: "prompt", o.completion_column: "completion"}
             return ds.rename_columns({k: v for k, v in renames.items() if k != v})
         text = self.recipe.data.columns.text
@@ -96,6 +118,10 @@ class CausalLM(Task):
                 "task_options.prompt_column / task_options.completion_column")
         ds = ds.select_columns([text])
         ds = ds.rename_column(text, "text") if text != "text" else ds
+        for row, value in enumerate(ds["text"]):
+            if value is not None and not isinstance(value, str):
+                raise AdaptError(f"{source}: {data.row_location(source, row)}: '{text}' is not text ({value!r}); "
+                                 "give each document as a string")
         # blank rows (e.g. the empty lines of Hub WikiText) are no documents: they would only add EOS tokens
         ds = ds.filter(lambda value: bool(value and value.strip()), input_columns="text")
         return ds.add_column("ends_document", [True] * len(ds))
@@ -107,7 +133,12 @@ class CausalLM(Task):
                              "give every split as plain text or every split as prompt/completion pairs")
 
     def inputs_from_texts(self, texts: list[str]) -> Dataset:
-        return Dataset.from_dict({"prompt": list(texts)})
+        """Prompts for `adapt predict`: plain lines as they are; JSON Lines (as the task's data files) give
+        their prompt column (task_options.prompt_column, else data.columns.text)."""
+        columns = list(dict.fromkeys([self.options.prompt_column, self.recipe.data.columns.text]))
+        prompts = [str(predict_input(text, columns, number, "name the prompt column with --set "
+                                     "task_options.prompt_column=KEY")) for number, text in enumerate(texts, 1)]
+        return Dataset.from_dict({"prompt": prompts})
 
     # ---- model ------------------------------------------------------------------------------------
     def load_tokenizer(self, path: str):
@@ -115,20 +146,30 @@ class CausalLM(Task):
         if tokenizer.eos_token_id is None:
             raise AdaptError(f"the tokenizer of {path} has no EOS token; a causal LM here needs one to end "
                              "documents and completions (set one in its tokenizer_config.json)")
-        if tokenizer.pad_token_id is None:  # GPT-2 style tokenizers: batching and pipelines need a pad token
-            tokenizer.pad_token = tokenizer.eos_token
+        ensure_pad_token(tokenizer)  # GPT-2 style tokenizers: batching and pipelines need a pad token
         return tokenizer
 
     def build_model(self, path: str):
         model = super().build_model(path)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = self.tokenizer.pad_token_id
-        # the saved generation_config carries the recipe's decoding settings to pipelines and `adapt predict`
-        settings = model.generation_config
-        settings.pad_token_id = self.tokenizer.pad_token_id
-        settings.eos_token_id = self.tokenizer.eos_token_id
-        settings.update(**self.generation_kwargs())
+        # the saved generation_config carries the recipe's decoding settings to pipelines and `adapt predict`;
+        # a checkpoint's list of EOS ids (Llama-3, Qwen2.5: end of text and end of turn) is kept
+        ids = model.generation_config.eos_token_id
+        ids = list(ids) if isinstance(ids, (list, tuple)) else [] if ids is None else [ids]
+        if self.tokenizer.eos_token_id not in ids:
+            ids.append(self.tokenizer.eos_token_id)
+        apply_generation_settings(model, {"pad_token_id": self.tokenizer.pad_token_id,
+                                          "eos_token_id": ids[0] if len(ids) == 1 else ids,
+                                          **self.generation_kwargs()}, self.recipe.model)
         return model
+
+    def stop_token_ids(self, model) -> int | list[int]:
+        """The EOS id(s) generation stops at: the model's generation config (a list for chat checkpoints),
+        else the tokenizer's EOS."""
+        config = getattr(model, "generation_config", None)
+        ids = getattr(config, "eos_token_id", None)
+        return ids if ids is not None else self.tokenizer.eos_token_id
 
     def generation_kwargs(self) -> dict[str, Any]:
         o = self.options
@@ -143,15 +184,24 @@ class CausalLM(Task):
         return self.featurize_pairs(raw)
 
     def featurize_text(self, raw: Dataset, role: str) -> Dataset:
+        """Blocks of `block_size` tokens packed from the text; the ragged tail of the token stream that fills
+        no whole block is not used, and its size is kept on the last block (`tokens_dropped`, reported by
+        `score` and in a note on stderr)."""
         block_size = self.options.block_size
+        ends = list(raw["ends_document"])
         token_lists = self.tokenizer(list(raw["text"]), add_special_tokens=False)["input_ids"]
-        blocks, owners = pack_blocks(token_lists, list(raw["ends_document"]), self.tokenizer.eos_token_id, block_size)
+        blocks, owners = pack_blocks(token_lists, ends, self.tokenizer.eos_token_id, block_size)
+        total = sum(len(ids) for ids in token_lists) + sum(ends)
         if not blocks:
-            total = sum(len(ids) for ids in token_lists)
             raise AdaptError(f"the {role} split has {total} tokens, less than one block of task_options.block_size="
                              f"{block_size}; give more text or lower task_options.block_size")
+        dropped = total - len(blocks) * block_size
+        if dropped:
+            print(f"note: the {role} split's last {dropped} of {total:,} tokens fill no whole block of "
+                  f"task_options.block_size={block_size} and are not used", file=sys.stderr)
         return Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks],
-                                  "labels": blocks, "length": [block_size] * len(blocks), "example": owners})
+                                  "labels": blocks, "length": [block_size] * len(blocks), "example": owners,
+                                  "tokens_dropped": [0] * (len(blocks) - 1) + [dropped]})
 
     def render_prompt(self, prompt: str) -> str:
         if not self.options.chat_template:
@@ -189,7 +239,7 @@ class CausalLM(Task):
 
     def collate(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
         if "labels" in rows:
-            return pad_batch(rows, self.tokenizer.pad_token_id, skip=("length", "example"))
+            return pad_batch(rows, self.tokenizer.pad_token_id, skip=("length", "example", "tokens_dropped"))
         # prompts to continue are padded on the left so every row's last token is its prompt's last token
         width = max(len(ids) for ids in rows["input_ids"])
         pad = self.tokenizer.pad_token_id
@@ -216,7 +266,7 @@ class CausalLM(Task):
         """New token ids per row (padded with the pad id after EOS)."""
         prompt_width = batch["input_ids"].shape[1]
         out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
+                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_token_ids(model),
                              **self.generation_kwargs())
         return out[:, prompt_width:]
 
@@ -229,11 +279,19 @@ class CausalLM(Task):
         for row, out in zip(list(features["example"]), outputs):
             per_row[row]["nll"] += float(out["nll"])
             per_row[row]["tokens"] += int(out["tokens"])
+        if "tokens_dropped" in features.column_names:  # packed text: the unused ragged tail, on the last row
+            per_row[-1]["tokens_dropped"] = sum(features["tokens_dropped"])
         return per_row
 
     def score(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
+        """Token-weighted perplexity per token of the model's own tokenizer (`tokens` scored; not per word or
+        character, so it compares only between models sharing a tokenizer); packed plain text also reports
+        `tokens_dropped`, the ragged tail that filled no whole block and was not scored."""
         scores = perplexity_from_nll(sum(p["nll"] for p in predictions), sum(p["tokens"] for p in predictions))
-        return {**scores, "loss": scores["nll"]}
+        scores = {**scores, "loss": scores["nll"], "perplexity_unit": "model token"}
+        if any("tokens_dropped" in p for p in predictions):
+            scores["tokens_dropped"] = sum(p.get("tokens_dropped", 0) for p in predictions)
+        return scores
 
     def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
         rows = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 import torch
@@ -10,14 +12,16 @@ from datasets import Dataset
 from adapt import assets, data
 from adapt.errors import AdaptError
 from adapt.metrics import classification_scores
-from adapt.tasks.base import Task, model_inputs
+from adapt.tasks.base import Task, ensure_pad_token, model_inputs
 
 
 class SequenceClassification(Task):
     name = "classification"
     default_metric = "accuracy"
+    metric_names = ("accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro", "matthews")
     pipeline_tag = "text-classification"
     auto_class = "AutoModelForSequenceClassification"
+    peft_task_type = "SEQ_CLS"
     first_token_only = True
 
     label_names: list[str]
@@ -35,6 +39,12 @@ class SequenceClassification(Task):
         return Dataset.from_dict({cols.text: frame["text"].astype(str).tolist(), cols.label: labels.tolist()})
 
     def normalize(self, ds: Dataset, source: str) -> Dataset:
+        """Canonical columns text[, text_pair], label (class names as strings); the shared validation of
+        `adapt finetune`, `adapt eval` and `adapt data inspect`.
+
+        Raises:
+            AdaptError: a missing column, an empty text or label, a label that is not a class (see
+                `class_labels`), naming the file and the row's line."""
         cols = self.recipe.data.columns
         wanted = {cols.text: "text", cols.label: "label"}
         if cols.text_pair:
@@ -43,49 +53,61 @@ class SequenceClassification(Task):
         ds = ds.select_columns(list(wanted))
         renames = {src: dst for src, dst in wanted.items() if src != dst}
         ds = ds.rename_columns(renames) if renames else ds
+        data.check_texts(ds, [c for c in ("text", "text_pair") if c in ds.column_names], source,
+                         {dst: src for src, dst in wanted.items()})
         names = self.recipe.data.label_names
         feature = ds.features["label"]
         if names is None and hasattr(feature, "names"):  # Hub ClassLabel columns carry their names
             names = self.recipe.data.label_names = list(feature.names)
-
-        def to_name(value) -> str:
-            text = str(value).strip()
-            if names is not None and text.lstrip("-").isdigit():
-                if not 0 <= int(text) < len(names):
-                    raise AdaptError(f"{source}: label {text} is outside data.label_names (0..{len(names) - 1})")
-                return names[int(text)]
-            return text
-
-        return ds.map(lambda b: {"label": [to_name(v) for v in b["label"]]}, batched=True)
+        labels = class_labels(ds["label"], source, names, cols.label)
+        order = ds.column_names
+        return ds.remove_columns("label").add_column("label", labels).select_columns(order)
 
     def setup(self, splits: dict[str, Dataset]) -> None:
-        seen = sorted(set(splits["train"]["label"]))
-        configured = self.recipe.data.label_names
-        self.label_names = list(configured) if configured else seen
+        cfg = self.recipe.data
+        train_labels = set(splits["train"]["label"])
+        if len(train_labels) == 1 and len(splits["train"]) > 1:
+            raise AdaptError(f"{cfg.train}: every training example has label '{train_labels.pop()}'; a classifier "
+                             "needs at least two labels (check data.columns.label)")
+        configured = cfg.label_names
+        self.label_names = list(configured) if configured else sorted(train_labels)
+        if configured:  # every split's labels were checked against data.label_names row by row when read
+            return
         known = set(self.label_names)
         for split_name, ds in splits.items():
-            source = getattr(self.recipe.data, split_name, None) or self.recipe.data.train
-            for label in sorted(set(ds["label"]) - known):
-                raise AdaptError(
-                    f"{source}: label '{label}' in the {split_name} split never appears in train "
-                    f"(train labels: {', '.join(self.label_names)}); fix the data or set data.label_names"
-                )
+            labels = ds["label"]
+            index = next((i for i, label in enumerate(labels) if label not in known), None)
+            if index is None:
+                continue
+            explicit = getattr(cfg, split_name, None)
+            where = (f"{explicit}: {data.row_location(explicit, index)}" if explicit
+                     else f"{cfg.train} (the {split_name} examples carved from it)")
+            raise AdaptError(
+                f"{where}: label '{labels[index]}' in the {split_name} split never appears in train "
+                f"(train labels: {', '.join(self.label_names)}); fix the data or set data.label_names"
+            )
 
     def inputs_from_texts(self, texts: list[str]) -> Dataset:
         return Dataset.from_dict({"text": texts})
 
     # ---- model ------------------------------------------------------------------------------------
-    def build_model(self, path: str):
-        import transformers
+    def load_tokenizer(self, path: str):
+        tokenizer = super().load_tokenizer(path)
+        ensure_pad_token(tokenizer)  # decoder tokenizers (GPT-2, Llama, Qwen2) have none; batches need one
+        return tokenizer
 
-        return getattr(transformers, self.auto_class).from_pretrained(
+    def build_model(self, path: str):
+        model = self.pretrained_model(
             path,
             num_labels=len(self.label_names),
             id2label=dict(enumerate(self.label_names)),
             label2id={n: i for i, n in enumerate(self.label_names)},
-            use_safetensors=True,
-            trust_remote_code=self.recipe.trust_remote_code,
         )
+        # decoder classifiers (GPT-2, Llama, Qwen2, Mistral) read the last non-pad token of each row: without
+        # a pad id they refuse batches of more than one row
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = self.tokenizer.pad_token_id
+        return model
 
     def restore_from_model(self, model) -> None:
         id2label = model.config.id2label
@@ -97,6 +119,11 @@ class SequenceClassification(Task):
         has_pair = "text_pair" in raw.column_names
         has_label = "label" in raw.column_names
         max_length = self.recipe.train.max_length
+        unknown = sorted(set(raw["label"]) - set(label2id)) if has_label else []
+        if unknown:  # e.g. `adapt eval` of a model on a file with other labels than it was trained on
+            raise AdaptError(f"the {role} data has label '{unknown[0]}', which is not a class of this model "
+                             f"({', '.join(self.label_names)}); give data with the model's labels, or set "
+                             "data.label_names to map integer ids to them")
 
         def encode(batch):
             enc = self.tokenizer(batch["text"], batch["text_pair"] if has_pair else None,
@@ -124,3 +151,85 @@ class SequenceClassification(Task):
     def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
         rows = raw.to_list()
         return [{**row, "prediction": p["label"], "score": p["score"]} for row, p in zip(rows, predictions)]
+
+
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+_NULL_TEXTS = {"", "nan", "NaN"}  # what pandas and spreadsheets write for a missing value
+
+
+def _as_number(value: Any) -> float | None:
+    """The value as a float when it is a number or a string spelling a decimal number, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
+    return None
+
+
+def class_labels(values: list, source: str, names: list[str] | None, column: str = "label") -> list[str]:
+    """Class names (strings) for a raw label column, decided by its content.
+
+    Integer-valued numbers are class ids: `1`, `1.0` and `"1.0"` are all class 1, which becomes `names[1]` when
+    label names are set (data.label_names or a Hub ClassLabel) and `"1"` otherwise. Other values are class names,
+    whitespace-trimmed; with `names` set they must be among them.
+
+    Raises:
+        AdaptError: naming `source` and the row's line (`data.row_location`) for an empty, null or NaN label, a
+            list/object label, a column of continuous numbers (a regression target, not classes), an id outside
+            `names`, or a name not in `names` (saying how to set data.label_names)."""
+    def where(index: int) -> str:
+        return f"{source}: {data.row_location(source, index)}"
+
+    numbers: list[float | None] = []
+    for index, value in enumerate(values):
+        if value is None or (isinstance(value, float) and math.isnan(value)) or (
+                isinstance(value, str) and value.strip() in _NULL_TEXTS):
+            raise AdaptError(f"{where(index)}: the label ('{column}') is empty; give every example a label or "
+                             "remove that row")
+        if isinstance(value, (list, dict)):
+            raise AdaptError(f"{where(index)}: the label ('{column}') is a {'list' if isinstance(value, list) else 'mapping'}; "
+                             "a classification example has exactly one label (check data.columns.label)")
+        numbers.append(_as_number(value))
+    if numbers and all(n is not None for n in numbers):
+        index = next((i for i, n in enumerate(numbers) if not n.is_integer()), None)
+        if index is not None:
+            distinct = sorted(set(numbers))
+            raise AdaptError(
+                f"{where(index)}: the label column '{column}' holds continuous numbers ({values[index]} here; "
+                f"{len(distinct)} distinct values from {distinct[0]:g} to {distinct[-1]:g}): that is a regression "
+                "target, and adapt has no regression task yet; for classification give class names or integer "
+                "class ids (e.g. bin the scores into classes)")
+    labels: list[str] = []
+    for index, (value, number) in enumerate(zip(values, numbers)):
+        if number is not None and number.is_integer():
+            class_id = int(number)
+            if names is not None:
+                if not 0 <= class_id < len(names):
+                    raise AdaptError(f"{where(index)}: label {class_id} is outside data.label_names "
+                                     f"(0..{len(names) - 1}), which names {', '.join(names)}; fix the label or set "
+                                     "data.label_names to all the classes in class-id order")
+                labels.append(names[class_id])
+            else:
+                labels.append(str(class_id))
+        else:
+            labels.append(str(value).strip())
+    if names is not None:
+        allowed = set(names)
+        index = next((i for i, label in enumerate(labels) if label not in allowed), None)
+        if index is not None:
+            found = sorted(set(labels))
+            if allowed.isdisjoint(found):  # the same classes under other names (neg/pos vs negative/positive)
+                shown = ", ".join(found[:10]) + (", ..." if len(found) > 10 else "")
+                raise AdaptError(
+                    f"{where(index)}: none of the file's labels ({shown}) is in data.label_names "
+                    f"({', '.join(names)}); if they name the same classes, set data.label_names to the file's "
+                    f"labels in class-id order (e.g. data.label_names=[{','.join(found[:10])}]), or rename the "
+                    "labels in the file")
+            missing = [label for label in found if label not in allowed]
+            raise AdaptError(
+                f"{where(index)}: label '{labels[index]}' is not one of data.label_names ({', '.join(names)}); fix "
+                f"that label, or list every class in data.label_names (e.g. data.label_names="
+                f"[{','.join([*names, *missing][:12])}])")
+    return labels

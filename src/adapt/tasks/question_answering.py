@@ -1,4 +1,17 @@
-"""Extractive question answering (SQuAD v1.1/v2.0): answer spans found in sliding windows over the context."""
+"""Extractive question answering (SQuAD v1.1/v2.0): answer spans found in sliding windows over the context.
+
+Input formats (train, validation and test files alike):
+
+- SQuAD JSON: `{"data": [{"title": ..., "paragraphs": [{"context": ..., "qas": [{"id": ..., "question": ...,
+  "answers": [{"text": ..., "answer_start": N}], "is_impossible": false}]}]}]}` (v2.0 adds `is_impossible`);
+- flat JSON Lines / JSON list / CSV / Parquet, one question per row, in the Hub `squad` layout: `question`,
+  `context`, `answers` = `{"text": [...], "answer_start": [...]}` or a list of `{"text", "answer_start"}`
+  objects (in CSV, a JSON string of either), optional `id` and `title` (questions of one title, or else of
+  one context, stay on one side of a carved validation split). `answer_start` is the answer's character
+  offset in the context. Unanswerable questions (task_options.version_2_with_negative) have empty lists.
+- Other column names map with `data.columns.question=...`, `data.columns.context=...`,
+  `data.columns.answers=...`.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +33,7 @@ from adapt.tasks.base import Task, TaskOptions, model_inputs, pad_batch
 
 CLS_INDEX = 0  # where a window points when it holds no answer (BERT/RoBERTa put [CLS]/<s> first)
 RAW_COLUMNS = ["id", "title", "context", "question", "answers"]
+SQUAD_ENTRY = "_entry"  # rows flattened from SQuAD JSON: where the question sits (data[0].paragraphs[1].qas[2])
 
 
 class QuestionAnsweringOptions(TaskOptions):
@@ -36,45 +50,66 @@ class QuestionAnswering(Task):
     name = "qa"
     Options = QuestionAnsweringOptions
     default_metric = "f1"
+    metric_names = ("exact_match", "f1")  # SQuAD v1.1; v2 (version_2_with_negative) reports exact, f1, total
     pipeline_tag = "question-answering"
     auto_class = "AutoModelForQuestionAnswering"
+    peft_task_type = "QUESTION_ANS"
     # a held-out split keeps whole articles: questions on one article share context and answers
     group_column = "title"
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        if self.options.version_2_with_negative:  # the official SQuAD v2.0 script's names
+            self.metric_names = ("exact", "f1", "total")
 
     # ---- data -----------------------------------------------------------------------------------
     def read_file(self, path: Path) -> Dataset:
         """SQuAD JSON ({"data": [articles]}) is flattened to one row per question; any other table
-        (JSON Lines, CSV, Parquet in the Hub layout) is read as it is."""
+        (JSON Lines, CSV, Parquet in the Hub layout) is read as it is (see the module docstring)."""
         if data.split_suffix(Path(path))[0] == ".json":
             text = data.read_text(path)
             try:
                 document = json.loads(text)
             except json.JSONDecodeError as err:
-                raise AdaptError(f"{path}: line {err.lineno} is not valid JSON ({err.msg})") from None
+                if err.msg != "Extra data":  # JSON Lines under a .json name is read as a table below
+                    raise AdaptError(f"{path}: line {err.lineno} is not valid JSON ({err.msg})") from None
+                document = None
             articles = document.get("data") if isinstance(document, dict) else None
             if is_squad_articles(articles):
-                return Dataset.from_list(flatten_squad(articles, path))
+                cols = self.recipe.data.columns
+                rows = flatten_squad(articles, path)
+                # SQuAD's own keys, under the names data.columns maps (so one mapping serves every file)
+                names = {"question": cols.question, "context": cols.context, "answers": cols.answers}
+                return Dataset.from_list([{names.get(k, k): v for k, v in row.items()} for row in rows])
         return data.read_table(path)
 
     def normalize(self, ds: Dataset, source: str) -> Dataset:
-        data.require_columns(ds, ["question", "context", "answers"], source)
+        """Canonical columns id/title/context/question/answers (answers as {"text": [...], "answer_start":
+        [...]}); data.columns.question/context/answers name the raw columns. Each bad row is an error naming
+        the file and its line (or its SQuAD entry)."""
+        cols = self.recipe.data.columns
+        data.require_columns(ds, [cols.question, cols.context, cols.answers], source)
         rows = ds.to_list()
-        ids = [str(row.get("id", number)) for number, row in enumerate(rows)]
+        ids = [str(row["id"]) if row.get("id") is not None else str(number) for number, row in enumerate(rows)]
         repeated = [qid for qid, count in Counter(ids).items() if count > 1]
         if repeated:
             raise AdaptError(f"{source}: question id '{repeated[0]}' occurs more than once; ids must be unique")
         columns: dict[str, list] = {name: [] for name in RAW_COLUMNS}
-        for qid, row in zip(ids, rows):
-            context = row["context"]
+        for number, (qid, row) in enumerate(zip(ids, rows)):
+            where = f"{source}: {row[SQUAD_ENTRY] if row.get(SQUAD_ENTRY) else data.row_location(source, number)}"
+            where += f", question id '{qid}'"
+            context, question = row[cols.context], row[cols.question]
             if not isinstance(context, str) or not context.strip():
-                raise AdaptError(f"{source}: question id '{qid}' has an empty context; every question needs one")
-            answers = answers_dict(row["answers"], f"{source}: question id '{qid}'")
-            check_answer_offsets(context, answers, f"{source}: question id '{qid}'")
+                raise AdaptError(f"{where}: '{cols.context}' is empty; every question needs a context")
+            if not isinstance(question, str) or not question.strip():
+                raise AdaptError(f"{where}: '{cols.question}' is empty; every row needs a question")
+            answers = answers_dict(row[cols.answers], where)
+            check_answer_offsets(context, answers, where)
             columns["id"].append(qid)
             # without titles, the passage itself groups questions, so one passage never lands in both splits
             columns["title"].append(str(row.get("title") or context))
             columns["context"].append(context)
-            columns["question"].append(str(row["question"]))
+            columns["question"].append(question)
             columns["answers"].append(answers)
         return Dataset.from_dict(columns)
 
@@ -94,21 +129,31 @@ class QuestionAnswering(Task):
                     )
 
     def inputs_from_texts(self, texts: list[str]) -> Dataset:
-        """Each input is a JSON object {"question": ..., "context": ...}."""
+        """Each input is a JSON object {"question": ..., "context": ...} (keys as data.columns.question/context
+        name them; a line of the task's JSON Lines data, answers and all, is one)."""
+        cols = self.recipe.data.columns
         columns: dict[str, list] = {"id": [], "question": [], "context": []}
         for number, text in enumerate(texts, 1):
             try:
                 item = json.loads(text)
             except json.JSONDecodeError:
                 item = None
-            if not (isinstance(item, dict) and isinstance(item.get("question"), str)
-                    and isinstance(item.get("context"), str) and item["context"].strip()):
-                raise AdaptError(f'input {number}: give a JSON object {{"question": "...", "context": "..."}} '
-                                 f"per line, not {text[:60]!r}")
+            if not (isinstance(item, dict) and isinstance(item.get(cols.question), str) and item[cols.question].strip()
+                    and isinstance(item.get(cols.context), str) and item[cols.context].strip()):
+                raise AdaptError(f'input {number}: give a JSON object {{"{cols.question}": "...", "{cols.context}": '
+                                 f'"..."}} per line, not {text[:60]!r}')
             columns["id"].append(str(item.get("id", number)))
-            columns["question"].append(item["question"])
-            columns["context"].append(item["context"])
+            columns["question"].append(item[cols.question])
+            columns["context"].append(item[cols.context])
         return Dataset.from_dict(columns)
+
+    def inspect_split(self, ds: Dataset) -> dict[str, Any]:
+        """For `adapt data inspect`: context windows per question (long contexts are read in several windows
+        of train.max_length tokens overlapping by doc_stride, not truncated) and unanswerable questions."""
+        windows = np.bincount(np.asarray(self.featurize(ds, "inspect")["example_index"]), minlength=len(ds))
+        return {"windows": {"mean": round(float(windows.mean()), 2), "max": int(windows.max()),
+                            "questions_with_several": int((windows > 1).sum())},
+                "unanswerable": sum(not answers["text"] for answers in ds["answers"])}
 
     # ---- features -------------------------------------------------------------------------------
     def featurize_key(self) -> list[str]:
@@ -263,6 +308,7 @@ def flatten_squad(articles: list, path: Path) -> list[dict]:
                     field(answer, "text", str, f"{where_q}.answers[{n}]")
                     field(answer, "answer_start", int, f"{where_q}.answers[{n}]")
                 rows.append({
+                    SQUAD_ENTRY: f"data[{a}].paragraphs[{p}].qas[{q}]",
                     "id": str(field(qa, "id", (str, int), where_q)), "title": title, "context": context,
                     "question": field(qa, "question", str, where_q),
                     "answers": {"text": [x["text"] for x in answers],
@@ -285,14 +331,34 @@ def field(obj, key: str, kind, where: str, default=None):
     return value
 
 
+ANSWERS_FORM = ('{"text": ["..."], "answer_start": [character offset]} or [{"text": "...", "answer_start": N}] '
+                '(a JSON string of either in CSV files; empty lists for an unanswerable question)')
+
+
 def answers_dict(value, where: str) -> dict[str, list]:
-    """Answers as {"text": [...], "answer_start": [...]} from the Hub layout or a list of answer objects."""
+    """Answers as {"text": [...], "answer_start": [...]} from the Hub layout, a list of answer objects, or
+    a JSON string of either (a CSV cell).
+
+    Raises:
+        AdaptError: for any other value, empty answer texts, or offsets that are not whole numbers >= 0.
+    """
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise AdaptError(f"{where}: answers {value[:60]!r} are not JSON; give {ANSWERS_FORM}") from None
     if isinstance(value, list) and all(isinstance(a, dict) for a in value):
         value = {"text": [a.get("text") for a in value], "answer_start": [a.get("answer_start") for a in value]}
     if not (isinstance(value, dict) and isinstance(value.get("text"), list)
             and isinstance(value.get("answer_start"), list) and len(value["text"]) == len(value["answer_start"])):
-        raise AdaptError(f'{where}: answers must be {{"text": [...], "answer_start": [...]}} of equal length')
-    return {"text": [str(t) for t in value["text"]], "answer_start": [int(s) for s in value["answer_start"]]}
+        raise AdaptError(f"{where}: answers must be {ANSWERS_FORM}, with as many texts as offsets")
+    for text, start in zip(value["text"], value["answer_start"]):
+        if not isinstance(text, str) or not text.strip():
+            raise AdaptError(f"{where}: an answer text is {'null' if text is None else repr(text)}; give the "
+                             "answer's text (an unanswerable question has empty lists)")
+        if isinstance(start, bool) or not isinstance(start, (int, float)) or start != int(start) or start < 0:
+            raise AdaptError(f"{where}: answer_start {start!r} is not a character offset (a whole number >= 0)")
+    return {"text": list(value["text"]), "answer_start": [int(s) for s in value["answer_start"]]}
 
 
 def check_answer_offsets(context: str, answers: dict[str, list], where: str) -> None:
@@ -334,8 +400,11 @@ def window_spans(record: dict[str, Any], offsets: list, max_answer_length: int) 
     ends_ok = in_context[np.minimum(ends, len(offsets))]
     span = ends[None, :] - starts[:, None]
     valid = starts_ok[:, None] & ends_ok[None, :] & (span >= 0) & (span < max_answer_length)
-    scores = np.asarray(record["start_values"])[:, None] + np.asarray(record["end_values"])[None, :]
-    return [(float(scores[i, j]), offsets[starts[i]][0], offsets[ends[j]][1]) for i, j in zip(*np.nonzero(valid))]
+    # only valid pairs are summed: the n-best of a short window also holds padding positions, whose logits
+    # eval_step set to the dtype's minimum, and two of those overflow to -inf (numpy's RuntimeWarning)
+    i, j = np.nonzero(valid)
+    scores = np.asarray(record["start_values"])[i] + np.asarray(record["end_values"])[j]
+    return [(float(score), offsets[starts[a]][0], offsets[ends[b]][1]) for score, a, b in zip(scores, i, j)]
 
 
 def softmax(scores: list[float]) -> list[float]:

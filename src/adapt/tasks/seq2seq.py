@@ -21,7 +21,8 @@ from adapt import assets, data
 from adapt.errors import AdaptError
 from adapt.metrics import bleu_score, chrf_score
 from adapt.metrics.generation import ROUGE_TYPES, rouge_example_scores
-from adapt.tasks.base import Task, TaskOptions, summed_cross_entropy
+from adapt.tasks.base import (Task, TaskOptions, apply_generation_settings, model_load_error, predict_input,
+                              summed_cross_entropy)
 
 SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 TRANSLATION_METRICS = ("bleu", "chrf")
@@ -42,14 +43,20 @@ class Seq2SeqOptions(TaskOptions):
         None, description="rouge (summarization) or bleu (translation); default from train.metric_for_best")
     source_lang: str | None = Field(None, description="parallel line files: language suffix of the source file")
     target_lang: str | None = Field(None, description="parallel line files: language suffix of the target file")
+    src_lang: str | None = Field(None, description="multilingual tokenizers (mBART, NLLB, M2M100): source language "
+                                                   "code, e.g. en_XX")
+    tgt_lang: str | None = Field(None, description="multilingual tokenizers: target language code, e.g. de_DE; "
+                                                   "generation starts with its token")
 
 
 class Seq2Seq(Task):
     name = "seq2seq"
     Options = Seq2SeqOptions
     default_metric = "rougeL"
+    metric_names = (*ROUGE_TYPES, "gen_len")  # translation (metric_family bleu): bleu, chrf, gen_len
     pipeline_tag = "text2text-generation"
     auto_class = "AutoModelForSeq2SeqLM"
+    peft_task_type = "SEQ_2_SEQ_LM"
     generates = True
 
     options: Seq2SeqOptions
@@ -61,6 +68,7 @@ class Seq2Seq(Task):
             family = "bleu" if recipe.train.metric_for_best in TRANSLATION_METRICS else "rouge"
         self.metric_family = family
         self.default_metric = "bleu" if family == "bleu" else "rougeL"
+        self.metric_names = (*TRANSLATION_METRICS, "gen_len") if family == "bleu" else (*ROUGE_TYPES, "gen_len")
         self.pipeline_tag = "translation" if family == "bleu" else "summarization"
 
     # ---- data -----------------------------------------------------------------------------------
@@ -95,37 +103,80 @@ class Seq2Seq(Task):
     def normalize(self, ds: Dataset, source: str) -> Dataset:
         """Canonical columns: `source` (text), `target` (the training target) and `references` (every
         reference, for scoring). List-valued sources (sentences) are joined with spaces; list-valued
-        targets give several references, the first of which is trained on."""
+        targets give several references, the first of which is trained on; `data.columns.references`
+        names further reference columns (a test file with ref1, ref2, ... columns). A null or empty source
+        or target is an error naming the file and line."""
         cols = self.recipe.data.columns
-        data.require_columns(ds, [cols.text, cols.target], source)
+        data.require_columns(ds, [cols.text, cols.target, *cols.references], source)
+        parallel = data.is_local(source) and data.split_suffix(Path(source))[0] not in data.TABLE_SUFFIXES
 
-        def as_text(value) -> str:
-            return " ".join(value) if isinstance(value, list) else str(value)
+        def where(index: int) -> str:
+            if parallel:  # line i of the source file pairs with line i of the target file
+                return f"{source}: line {index + 1} (and that line of its target file)"
+            return f"{source}: {data.row_location(source, index)}"
 
-        def convert(batch, indices):
-            out = {"source": [as_text(v) for v in batch[cols.text]], "target": [], "references": []}
-            for index, value in zip(indices, batch[cols.target]):
-                references = [str(v) for v in value] if isinstance(value, list) else [str(value)]
-                references = [r for r in references if r.strip()]
-                if not references:
-                    raise AdaptError(f"{source}: example {index + 1} has an empty '{cols.target}'; "
-                                     "give every example a target text")
-                out["target"].append(references[0])
-                out["references"].append(references)
-            return out
-
-        return ds.map(convert, batched=True, with_indices=True, remove_columns=ds.column_names)
+        out: dict[str, list] = {"source": [], "target": [], "references": []}
+        reference_columns = [cols.target, *cols.references]
+        for index, row in enumerate(ds.select_columns(list(dict.fromkeys([cols.text, *reference_columns])))):
+            text = source_text(row[cols.text])
+            if not text.strip():
+                raise AdaptError(f"{where(index)}: '{cols.text}' is {'null' if row[cols.text] is None else 'empty'}; "
+                                 "give every example a source text (or remove it)")
+            references = [str(v) for column in reference_columns
+                          for v in (row[column] if isinstance(row[column], list) else [row[column]])
+                          if v is not None and str(v).strip()]
+            if not references:
+                raise AdaptError(f"{where(index)}: '{cols.target}' is null or empty; give every example a target text")
+            out["source"].append(text)
+            out["target"].append(references[0])
+            out["references"].append(references)
+        return Dataset.from_dict(out)
 
     def inputs_from_texts(self, texts: list[str]) -> Dataset:
-        return Dataset.from_dict({"source": texts})
+        """Sources for `adapt predict`: plain lines as they are; JSON Lines (`--file test.jsonl`, as the task's
+        data files) give their source column (data.columns.text; a list of sentences is joined)."""
+        column = self.recipe.data.columns.text
+        sources = []
+        for number, text in enumerate(texts, 1):
+            value = source_text(predict_input(text, [column], number,
+                                              "name the source column with --set data.columns.text=KEY"))
+            if not value.strip():
+                raise AdaptError(f"input {number}: the source text is empty")
+            sources.append(value)
+        return Dataset.from_dict({"source": sources})
 
     # ---- model ------------------------------------------------------------------------------------
+    def tokenizer_kwargs(self) -> dict[str, Any]:
+        return {key: value for key, value in (("src_lang", self.options.src_lang), ("tgt_lang", self.options.tgt_lang))
+                if value}
+
+    def load_tokenizer(self, path: str):
+        tokenizer = super().load_tokenizer(path)
+        for key in ("src_lang", "tgt_lang"):
+            code = getattr(self.options, key)
+            if code and tokenizer.convert_tokens_to_ids(code) in (None, tokenizer.unk_token_id):
+                raise AdaptError(f"task_options.{key}: '{code}' is no language code of the tokenizer of {path}; use "
+                                 "one of its codes (e.g. en_XX, de_DE for mBART) or leave it unset")
+            if code and getattr(tokenizer, key, code) != code:  # tokenizers that ignore the keyword
+                setattr(tokenizer, key, code)
+        return tokenizer
+
+    def adapter_base_model(self, folder: Path, base: str):
+        """Warm-started encoder-decoders rebuild their base from the encoder/decoder checkpoints (the
+        cross-attention, new in fine-tuning, is saved with the adapter); others load `base` as usual."""
+        if self.warm_started:
+            return self.build_model(assets.resolve_model_path(base))
+        return super().adapter_base_model(folder, base)
+
     @cached_property
     def model_config(self):
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(assets.resolve_model_path(self.recipe.model),
-                                          trust_remote_code=self.recipe.trust_remote_code)
+        path = assets.resolve_model_path(self.recipe.model)
+        try:
+            return AutoConfig.from_pretrained(path, trust_remote_code=self.recipe.trust_remote_code)
+        except (OSError, ValueError) as err:
+            raise model_load_error(path, err) from None
 
     @property
     def warm_started(self) -> bool:
@@ -161,9 +212,16 @@ class Seq2Seq(Task):
 
             decoder_path = assets.resolve_model_path(self.options.decoder) if self.options.decoder else path
             trust = self.recipe.trust_remote_code
-            model = EncoderDecoderModel.from_encoder_decoder_pretrained(
-                path, decoder_path, encoder_use_safetensors=True, decoder_use_safetensors=True,
-                encoder_trust_remote_code=trust, decoder_trust_remote_code=trust)
+            # the layers new to the pair (cross-attention, a decoder LM-head transform) start from the run's seed
+            # on a private RNG, so an adapter folder rebuilds exactly the base it was trained on
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.recipe.train.seed)
+                try:
+                    model = EncoderDecoderModel.from_encoder_decoder_pretrained(
+                        path, decoder_path, encoder_use_safetensors=True, decoder_use_safetensors=True,
+                        encoder_trust_remote_code=trust, decoder_trust_remote_code=trust)
+                except (OSError, ValueError) as err:
+                    raise model_load_error(path, err) from None
             # the decoder's LM head stays tied to its own input embeddings (BertLMHeadModel's default)
             ids = self.decoder_token_ids
             for key, value in ids.items():
@@ -171,7 +229,7 @@ class Seq2Seq(Task):
             model.config.vocab_size = model.config.decoder.vocab_size
             model.generation_config.update(**ids, bos_token_id=ids["decoder_start_token_id"])
         # saved with the model, so plain `generate()` on the output folder decodes as evaluation did
-        model.generation_config.update(**self.generation_settings())
+        apply_generation_settings(model, self.generation_settings(), self.recipe.model)
         return model
 
     def generation_settings(self) -> dict[str, Any]:
@@ -181,6 +239,8 @@ class Seq2Seq(Task):
                     "do_sample": opts.temperature > 0}
         if opts.temperature > 0:
             settings.update(temperature=opts.temperature, top_p=opts.top_p, num_beams=1)
+        if opts.tgt_lang and self.tokenizer is not None:  # multilingual decoders start with the target language
+            settings["forced_bos_token_id"] = self.tokenizer.convert_tokens_to_ids(opts.tgt_lang)
         return settings
 
     # ---- features ---------------------------------------------------------------------------------
@@ -241,7 +301,7 @@ class Seq2Seq(Task):
         hypotheses = [p["generated_text"] for p in predictions]
         references = raw["references"]
         if self.metric_family == "bleu":
-            metrics = translation_scores(hypotheses, references)
+            metrics = translation_scores(hypotheses, references, self.options.target_lang)
         else:
             metrics = max_reference_rouge(hypotheses, references)
         metrics["gen_len"] = float(np.mean([p["generated_tokens"] for p in predictions]))
@@ -250,6 +310,13 @@ class Seq2Seq(Task):
     def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
         return [{"source": row["source"], "references": row["references"], "prediction": p["generated_text"]}
                 for row, p in zip(raw.to_list(), predictions)]
+
+
+def source_text(value) -> str:
+    """A source as one string: a list of sentences is joined with spaces; null is empty."""
+    if value is None:
+        return ""
+    return " ".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
 def truncate_keeping_end(ids: list[int], limit: int) -> list[int]:
@@ -273,12 +340,13 @@ def max_reference_rouge(hypotheses: list[str], references: list[list[str]]) -> d
     return {name: float(value) for name, value in zip(ROUGE_TYPES, best.mean(axis=0))}
 
 
-def translation_scores(hypotheses: list[str], references: list[list[str]]) -> dict[str, Any]:
-    """sacreBLEU corpus BLEU (13a) and chrF; examples with fewer references pad their streams with None,
+def translation_scores(hypotheses: list[str], references: list[list[str]], target_lang: str | None = None) -> dict[str, Any]:
+    """sacreBLEU corpus BLEU (tokenizer from `target_lang` or the references' script, see `bleu_tokenizer`;
+    13a for most languages) and chrF; examples with fewer references pad their streams with None,
     which sacreBLEU skips."""
     width = max(len(refs) for refs in references)
     streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
-    bleu = bleu_score(hypotheses, streams)
+    bleu = bleu_score(hypotheses, streams, target_lang=target_lang)
     chrf = chrf_score(hypotheses, streams)
     return {"bleu": bleu["bleu"], "chrf": chrf["chrf"], "bleu_signature": bleu["signature"],
             "chrf_signature": chrf["signature"]}

@@ -1,0 +1,813 @@
+"""The probes: one declarative entry each (files, command, expected outcome), grouped by the kinds A-G of
+issue 15. Placeholders in commands: {adapt} the CLI, {py} the venv's python, {data} ../shared/data, and one
+per tiny model of fixtures.py ({bert}, {llama}, {bart}, ...)."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import io
+import json
+import lzma
+import shutil
+import sys
+from pathlib import Path
+
+from spec import Ctx, Custom, Either, Probe, Refuse, Succeed, one_error_line
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO.parent / "shared" / "data"
+sys.path.insert(0, str(REPO / "tests"))
+from conftest import sentiment_rows  # noqa: E402  (the 40 labelled reviews the tests use)
+
+# ---- data ---------------------------------------------------------------------------------------------
+SENT = sentiment_rows()  # 40 (text, positive|negative), labels interleaved
+NEUTRAL = ["it is a film", "the film runs two hours", "a movie about a family", "shot in color",
+           "released in spring", "the cast has five actors", "it has subtitles", "a sequel to the first one",
+           "set in a small town", "the story takes a week", "filmed in canada", "a remake",
+           "an adaptation of a novel", "in english", "the director's third film", "a period piece"]
+
+
+def table(rows, header=("text", "label"), delimiter=",") -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, delimiter=delimiter, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+TRAIN = table(SENT[:32])  # 32 rows: 4 full batches of 8 per epoch
+VAL = table(SENT[32:])  # 8 rows
+VAL_TEXTS = "".join(t + "\n" for t, _ in SENT[32:])
+THREE = [row for i in range(16) for row in ((SENT[2 * i][0], "positive"), (SENT[2 * i + 1][0], "negative"),
+                                            (NEUTRAL[i], "neutral"))]
+TRAIN3, VAL3 = table(THREE[:39]), table(THREE[39:] + [(SENT[34][0], "positive"), (SENT[35][0], "negative")])
+VAL3_TEXTS = "".join(t + "\n" for t, _ in list(csv.reader(io.StringIO(VAL3)))[1:])
+
+
+def conll_sentences(name: str, count: int, skip: int = 0) -> list[list[str]]:
+    """The first `count` sentences (lists of `WORD POS CHUNK TAG` lines) of a shared CoNLL-2003 file."""
+    sentences, current = [], []
+    for line in (DATA / "conll2003" / name).read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("-DOCSTART-"):
+            if current:
+                sentences.append(current)
+                current = []
+            continue
+        current.append(line)
+    return sentences[skip:skip + count]
+
+
+def conll(sentences: list[list[str]]) -> str:
+    return "\n\n".join("\n".join(s) for s in sentences) + "\n"
+
+
+NER_TRAIN = conll(conll_sentences("train.txt", 48))
+NER_VAL_SENTENCES = conll_sentences("valid.txt", 12)
+NER_VAL = conll(NER_VAL_SENTENCES)
+NER_VAL_TEXTS = "".join(" ".join(line.split()[0] for line in s) + "\n" for s in NER_VAL_SENTENCES)
+
+
+def iob1(sentences: list[list[str]]) -> list[list[str]]:
+    """The same sentences re-tagged in IOB1: an entity starts with I- unless it follows one of its type."""
+    out = []
+    for sentence in sentences:
+        lines, previous = [], "O"
+        for line in sentence:
+            *rest, tag = line.split()
+            if tag.startswith("B-") and previous[2:] != tag[2:]:
+                tag = "I-" + tag[2:]
+            lines.append(" ".join([*rest, tag]))
+            previous = tag
+        out.append(lines)
+    return out
+
+
+SHAKESPEARE = (DATA / "tiny_shakespeare" / "input.txt").read_text(encoding="utf-8")[:6000]
+S2S = [{"source": f"{t} and the audience agreed", "target": t} for t, _ in SENT]
+S2S_TRAIN, S2S_VAL = jsonl(S2S[:30]), jsonl(S2S[30:36])
+SQUAD = json.loads((DATA / "squad_v1" / "dev-v1.1.json").read_text(encoding="utf-8"))
+SQUAD_SMALL = json.dumps({"version": "1.1", "data": [
+    {"title": a["title"], "paragraphs": a["paragraphs"][:2]} for a in SQUAD["data"][:6]]})
+
+
+def compressed(compress, text: str, cut: float | None = None) -> bytes:
+    """`text` compressed (gzip.compress, bz2.compress, ...), cut to its first `cut` share if given."""
+    raw = compress(text.encode())
+    return raw[: int(len(raw) * cut)] if cut else raw
+
+
+# ---- commands --------------------------------------------------------------------------------------
+QUICK = ["--output-dir", "out", "--batch-size", "8", "tracking=[]", "train.eval_batch_size=16"]
+
+
+def ft(*args: str, model: str = "{bert}", steps: int = 2) -> list[str]:
+    """`adapt finetune` of the tiny model for a couple of steps into ./out."""
+    return ["{adapt}", "finetune", "--model", model, *QUICK, "--max-steps", str(steps), *args]
+
+
+CLM = ("--recipe", "clm", "--batch-size", "4", "train.eval_batch_size=4", "task_options.block_size=32",
+       "task_options.passage_chars=300", "task_options.max_new_tokens=4", "train.max_length=32")
+S2S_ARGS = ("--recipe", "summarize", "--data", "s2s_train.jsonl", "--validation", "s2s_val.jsonl",
+            "train.max_length=48", "task_options.max_target_length=12", "task_options.num_beams=1",
+            "train.eval_batch_size=8", "data.test=null")
+# log every 4 steps, checkpoint every step: resuming from step 3 needs the counters of steps 1-3 from the checkpoint
+# (the data sit at a fixed path, so a copy of the shared run resumes on the very same files)
+RESUMABLE = ("--data", "{resume_data}/train.csv", "--validation", "{resume_data}/val.csv", "--save-steps", "1",
+             "train.log_steps=4")
+
+# ---- shared runs (built once, copied into the probes that read or alter a finished run) ----------------
+SHARED = {
+    "cls": ({"train.csv": TRAIN, "val.csv": VAL}, ft("--data", "train.csv", "--validation", "val.csv", steps=2)),
+    "lora2": ({"train.csv": TRAIN, "val.csv": VAL},
+              ft("--data", "train.csv", "--validation", "val.csv", "peft.method=lora", "--lr", "1e-2", steps=2)),
+    "lora3": ({"train.csv": TRAIN3, "val.csv": VAL3},
+              ft("--data", "train.csv", "--validation", "val.csv", "peft.method=lora", "--lr", "1e-2",
+                 "data.label_names=[negative,positive,neutral]", steps=3)),
+    "lora_ner": ({"train.conll": NER_TRAIN, "val.conll": NER_VAL},
+                 ft("--recipe", "ner", "--data", "train.conll", "--validation", "val.conll", "data.test=null",
+                    "peft.method=lora", "--lr", "1e-2", steps=3)),
+    "resumable": ({}, ft(*RESUMABLE, steps=4)),
+    "bart": ({"s2s_train.jsonl": S2S_TRAIN, "s2s_val.jsonl": S2S_VAL}, ft(*S2S_ARGS, model="{bart}")),
+    "bart_lora": ({"s2s_train.jsonl": S2S_TRAIN, "s2s_val.jsonl": S2S_VAL},
+                  ft(*S2S_ARGS, "peft.method=lora", model="{bart}")),
+}
+
+
+def shared(name: str, dest: str = "out"):
+    """Set-up step: a copy of a shared finished run at ./<dest> (plus its data files)."""
+    def step(ctx: Ctx) -> None:
+        files, argv = SHARED[name]
+        source = ctx.fx.run(name, files, [a.format_map(ctx.fmt) for a in argv])
+        shutil.copytree(source / "out", ctx.dir / dest)
+        for rel in files:
+            if not (ctx.dir / rel).exists():
+                shutil.copy(source / rel, ctx.dir / rel)
+    return step
+
+
+# ---- checks ------------------------------------------------------------------------------------------
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def metrics(ctx: Ctx, run: str = "out") -> dict:
+    return json.loads((ctx.dir / run / "metrics.json").read_text())
+
+
+def config(ctx: Ctx, run: str = "out") -> dict:
+    return json.loads((ctx.dir / run / "config.json").read_text())
+
+
+def find(value, key: str):
+    """The first value of `key` anywhere in nested dicts/lists (None if absent)."""
+    if isinstance(value, dict):
+        if key in value:
+            return value[key]
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            found = find(item, key)
+            if found is not None:
+                return found
+    return None
+
+
+def labels_match_validation(names: set[str], run: str = "out"):
+    """`adapt predict` on the validation texts gives the run's own validation predictions, by name."""
+    def check(ctx: Ctx):
+        predicted = [r.get("label") for r in ctx.jsonl_out()]
+        saved = [r["prediction"] for r in read_jsonl(ctx.dir / run / "predictions_validation.jsonl")]
+        if not set(predicted) <= names:
+            return False, f"labels {sorted(set(map(str, predicted)))} are not the real names {sorted(names)}"
+        if predicted != saved:
+            same = sum(a == b for a, b in zip(predicted, saved))
+            return False, f"{same}/{len(saved)} predictions equal predictions_validation.jsonl"
+        return True, f"{len(saved)}/{len(saved)} equal, names {sorted(set(predicted))}"
+    return check
+
+
+def tags_match_validation(ctx: Ctx):
+    predicted = [r.get("tags") for r in ctx.jsonl_out()]
+    saved = [r["prediction"] for r in read_jsonl(ctx.out / "predictions_validation.jsonl")]
+    if predicted != saved:
+        same = sum(a == b for a, b in zip(predicted, saved))
+        return False, f"{same}/{len(saved)} tag sequences equal predictions_validation.jsonl"
+    return True, f"{len(saved)}/{len(saved)} tag sequences equal"
+
+
+def eval_equals_saved_accuracy(ctx: Ctx):
+    """`adapt eval --model` on the validation file reports the accuracy of the saved validation predictions."""
+    rows = read_jsonl(ctx.out / "predictions_validation.jsonl")
+    expected = sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+    got = find(ctx.json_out(), "accuracy")
+    return (got is not None and abs(got - expected) < 1e-9), f"accuracy {got} (saved predictions: {expected})"
+
+
+def eval_equals_saved_seqeval(ctx: Ctx):
+    from seqeval.metrics import f1_score
+
+    rows = read_jsonl(ctx.out / "predictions_validation.jsonl")
+    expected = f1_score([r["tags"] for r in rows], [r["prediction"] for r in rows])
+    got = find(ctx.json_out(), "f1")
+    return (got is not None and abs(got - expected) < 1e-6), f"f1 {got} (seqeval default on saved: {expected:.6f})"
+
+
+def merged_export_matches(names: set[str]):
+    """The merged folder loads in plain transformers with the real label names and the same predictions."""
+    def check(ctx: Ctx):
+        from transformers import pipeline
+
+        labels = set(config(ctx, "merged").get("id2label", {}).values())
+        if labels != names:
+            return False, f"merged config id2label {sorted(labels)} != {sorted(names)}"
+        classify = pipeline("text-classification", model=str(ctx.dir / "merged"), device="cpu")
+        rows = read_jsonl(ctx.out / "predictions_validation.jsonl")
+        predicted = [p["label"] for p in classify([r["text"] for r in rows])]
+        saved = [r["prediction"] for r in rows]
+        return predicted == saved, f"pipeline: {sum(a == b for a, b in zip(predicted, saved))}/{len(saved)} equal"
+    return check
+
+
+def score(metric: str, key: str, expected: float, tolerance: float = 1e-6):
+    def check(ctx: Ctx):
+        got = find((ctx.json_out() or {}).get("scores", {}).get(metric), key)
+        return (got is not None and abs(got - expected) <= tolerance), f"{metric} {key} = {got} (right: {expected})"
+    return check
+
+
+def seqeval_default_of(references: list[list[str]], predictions: list[list[str]]):
+    from seqeval.metrics import f1_score
+
+    return score("seqeval", "f1", f1_score(references, predictions))
+
+
+def id2label(expected: set[str]):
+    def check(ctx: Ctx):
+        got = set(config(ctx).get("id2label", {}).values())
+        return got == expected, f"id2label {sorted(got)}"
+    return check
+
+
+def steps_and_samples(steps: int, samples: int):
+    def check(ctx: Ctx):
+        m = metrics(ctx)
+        ok = m.get("train_steps") == steps and m.get("train_samples") == samples
+        return ok, f"train_steps {m.get('train_steps')} (right {steps}), train_samples {m.get('train_samples')} (right {samples})"
+    return check
+
+
+def generation_config_saves(ctx: Ctx):
+    """transformers itself accepts the saved generation config (validate + save_pretrained)."""
+    import tempfile
+
+    from transformers import GenerationConfig
+
+    loaded = GenerationConfig.from_pretrained(ctx.out)
+    loaded.validate(strict=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        loaded.save_pretrained(tmp)
+    return True, f"valid: do_sample={loaded.do_sample} temperature={loaded.temperature} num_beams={loaded.num_beams}"
+
+
+def eos_ids(expected: list[int]):
+    def check(ctx: Ctx):
+        got = json.loads((ctx.out / "generation_config.json").read_text()).get("eos_token_id")
+        return got == expected, f"eos_token_id {got} (checkpoint: {expected})"
+    return check
+
+
+def word_keeps_space(ctx: Ctx):
+    """The saved tokenizer reads a pre-split word as a word after a space (`Ġlives`), as in running text."""
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(ctx.out)(["lives"], is_split_into_words=True).tokens()
+    return "Ġlives" in tokens, f"'lives' -> {tokens}"
+
+
+def lora_targets(ctx: Ctx):
+    targets = json.loads((ctx.out / "adapter_config.json").read_text()).get("target_modules")
+    return bool(targets), f"target_modules {targets}"
+
+
+def validation_count(limit: int, allowed_test: int | None):
+    def check(ctx: Ctx):
+        m = metrics(ctx)
+        val = m.get("validation", {}).get("examples")
+        test = m.get("test", {}).get("examples") if "test" in m else None
+        ok = val is not None and val <= limit and (test is None or (allowed_test is not None and test <= allowed_test))
+        return ok, f"validation examples {val} (own data: <= {limit}), test examples {test}"
+    return check
+
+
+def no_marker(ctx: Ctx):
+    ran = (ctx.dir / "REMOTE_CODE_RAN").exists()
+    code = ctx.result.code
+    clean = code == 0 or (code == 2 and one_error_line(ctx.result)[0])
+    return (not ran and clean), ("the folder's own Python code RAN" if ran else f"no remote code ran; exit {code}")
+
+
+def file_modes(ctx: Ctx):
+    private = [str(p.relative_to(ctx.out)) for p in ctx.out.rglob("*") if p.is_file() and (p.stat().st_mode & 0o044) != 0o044]
+    return not private, f"{len(private)} files unreadable by group/others: {', '.join(private[:3])}" if private else "all files 0644-style"
+
+
+def no_leftovers(ctx: Ctx):
+    left = [str(p.relative_to(ctx.out)) for p in ctx.out.rglob(".tmp*")]
+    return not left, f"left over: {', '.join(left)}" if left else "no .tmp* folders"
+
+
+def interrupted_with_checkpoint(ctx: Ctx):
+    states = list((ctx.out / "checkpoints").glob("step-*/trainer_state.json"))
+    code = ctx.result.code
+    ok = code in (130, 143) and bool(states) and "resume" in ctx.result.stderr.lower()
+    return ok, f"exit {code}, {len(states)} checkpoint(s), resume hint {'yes' if 'resume' in ctx.result.stderr.lower() else 'no'}"
+
+
+def one_run_locked_out(ctx: Ctx):
+    codes = sorted(int(c) for c in ctx.result.stdout.split()[-2:])
+    errors = (ctx.dir / "a.err").read_text() + (ctx.dir / "b.err").read_text()
+    locked = any(w in errors.lower() for w in ("lock", "another", "in use", "already running", "busy"))
+    return codes == [0, 2] and locked, f"exit codes {codes}; lock message {'yes' if locked else 'no'}"
+
+
+def inputs_parsed(ctx: Ctx):
+    """Every echoed input is the text (or a row holding it), never the raw JSON line read as text."""
+    rows = ctx.jsonl_out()
+    values = [r.get("input") for r in rows]
+    texts = [v for value in values for v in (value.values() if isinstance(value, dict) else [value])]
+    raw = [t for t in texts if isinstance(t, str) and t.lstrip().startswith("{")]
+    return bool(rows) and not raw, f"inputs read as {values[:1]}"
+
+
+# ---- set-up steps ----------------------------------------------------------------------------------------
+def drop_newest_checkpoint(ctx: Ctx) -> None:
+    newest = max((ctx.out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    shutil.rmtree(newest)
+
+
+def corrupt_newest_checkpoint(ctx: Ctx) -> None:
+    newest = max((ctx.out / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    biggest = max((p for p in newest.iterdir() if p.is_file()), key=lambda p: p.stat().st_size)
+    biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 2])
+
+
+def stale_temp_folders(ctx: Ctx) -> None:
+    drop_newest_checkpoint(ctx)
+    (ctx.out / ".tmp-.final-dead").mkdir()
+    (ctx.out / ".tmp-.final-dead" / "model.safetensors").write_bytes(b"\0" * 100_000)
+    (ctx.out / "checkpoints" / ".tmp-step-9").mkdir()
+
+
+def died_before_first_checkpoint(ctx: Ctx) -> None:
+    shared("cls", "done")(ctx)
+    ctx.out.mkdir()
+    for name in ("recipe.yaml", "train_log.jsonl"):
+        shutil.copy(ctx.dir / "done" / name, ctx.out / name)
+    shutil.rmtree(ctx.dir / "done")
+
+
+def adapter_as_pickle(ctx: Ctx) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    shared("lora2")(ctx)
+    tensors = load_file(str(ctx.out / "adapter_model.safetensors"))
+    torch.save(tensors, ctx.out / "adapter_model.bin")
+    (ctx.out / "adapter_model.safetensors").unlink()
+
+
+def remote_code_in_run(ctx: Ctx) -> None:
+    """A finished run whose recipe.yaml says trust_remote_code and whose config maps to shipped code."""
+    from fixtures import REMOTE_CODE
+
+    shared("cls")(ctx)
+    cfg = config(ctx)
+    cfg["auto_map"] = {"AutoConfig": "modeling_probe.ProbeConfig",
+                       "AutoModelForSequenceClassification": "modeling_probe.ProbeModel"}
+    (ctx.out / "config.json").write_text(json.dumps(cfg, indent=2))
+    (ctx.out / "modeling_probe.py").write_text(REMOTE_CODE.replace("BertModel", "BertForSequenceClassification"))
+    recipe = (ctx.out / "recipe.yaml").read_text()
+    (ctx.out / "recipe.yaml").write_text(recipe.replace("trust_remote_code: false", "trust_remote_code: true"))
+
+
+def not_a_run(ctx: Ctx) -> None:
+    ctx.out.mkdir()
+    (ctx.out / "thesis.tex").write_text("\\documentclass{article} four years of work\n")
+    (ctx.out / "figures").mkdir()
+    (ctx.out / "figures" / "plot.pdf").write_bytes(b"%PDF-1.4 ...")
+
+
+def write_resume_data(folder: Path) -> None:
+    (folder / "train.csv").write_text(TRAIN)
+    (folder / "val.csv").write_text(VAL)
+
+
+BUILDERS = {"resume_data": write_resume_data}  # fixture folders that hold data rather than a model
+
+
+# ---- the probes -------------------------------------------------------------------------------------------
+IOB1_REF = [["I-PER", "I-PER", "O", "I-LOC"], ["O", "I-ORG", "I-ORG", "B-ORG", "O"], ["I-MISC", "O"]]
+LENIENT_REF = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O"]]
+LENIENT_PRED = [["I-PER", "I-PER", "O", "B-LOC"], ["O", "I-ORG", "I-ORG", "O"]]
+BIOES_REF = [["S-PER", "O", "B-ORG", "E-ORG"], ["B-LOC", "I-LOC", "E-LOC", "O", "S-MISC"]]
+
+
+def tags_file(sentences: list[list[str]]) -> str:
+    return "".join(" ".join(s) + "\n" for s in sentences)
+
+
+CHINESE = "今天天气很好，我们去公园散步。\n他在北京大学学习计算机科学。\n这本书非常有意思，我已经读了三遍。\n"
+JAPANESE = "今日はとても良い天気です。\n私は東京大学でコンピュータ科学を勉強しています。\n"
+ENGLISH = "the cat sat on the mat today .\na quick brown fox jumps over the lazy dog .\n"
+QUOTED_NEWLINE = ('text,label\ngreat film,positive\n"a story\nin three\nlines",negative\nloved it,positive\n'
+                  'bad,negative,extra\n')
+SEMICOLON = "text;label\ngreat film;positive\nawful, truly awful;negative\nloved it;positive\n"
+PIPE = "text|label\ngreat film|positive\nawful, truly awful|negative\nloved it|positive\n"
+TABS_AS_CSV = "text\tlabel\ngreat film\tpositive\nawful, truly awful\tnegative\nloved it\tpositive\n"
+FLOATS = [(t, f"{(i * 0.37) % 5:.2f}") for i, (t, _) in enumerate(SENT)]
+MIXED_ONE = [(t, ["1", "1.0", "0", "0.0"][i % 4]) for i, (t, _) in enumerate(SENT)]
+PTB = "".join(f"{t} .\n" for t, _ in SENT) * 3
+
+PROBES: list[Probe] = [
+    # ---- A: silent wrong results ----
+    Probe("lora3_predict_names", "A", "3-label LoRA classifier: predict reloads the adapter with its head",
+          ["{adapt}", "predict", "--model", "out", "--file", "val.txt"],
+          Succeed(labels_match_validation({"positive", "negative", "neutral"}), "exit 0, = predictions_validation, real names"),
+          files={"val.txt": VAL3_TEXTS}, setup=shared("lora3")),
+    Probe("lora3_eval_model", "A", "3-label LoRA classifier: eval --model on its validation file",
+          ["{adapt}", "eval", "--model", "out", "--data", "val.csv", "--json"],
+          Succeed(eval_equals_saved_accuracy, "exit 0, accuracy = saved predictions'"), setup=shared("lora3")),
+    Probe("lora3_export_merge", "A", "3-label LoRA classifier: export --merge, then plain transformers.pipeline",
+          ["{adapt}", "export", "--model", "out", "--output", "merged", "--merge"],
+          Succeed(merged_export_matches({"positive", "negative", "neutral"}), "exit 0, id2label + same predictions"),
+          setup=shared("lora3")),
+    Probe("lora2_predict_names", "A", "2-label LoRA classifier predicts LABEL_0 instead of the names",
+          ["{adapt}", "predict", "--model", "out", "--file", "val.txt"],
+          Succeed(labels_match_validation({"positive", "negative"}), "exit 0, = predictions_validation, real names"),
+          files={"val.txt": VAL_TEXTS}, setup=shared("lora2")),
+    Probe("lora2_export_merge", "A", "2-label LoRA: merged export's config keeps id2label",
+          ["{adapt}", "export", "--model", "out", "--output", "merged", "--merge"],
+          Succeed(merged_export_matches({"positive", "negative"}), "exit 0, id2label + same predictions"),
+          setup=shared("lora2")),
+    Probe("lora_ner_predict", "A", "LoRA NER on CoNLL lines: predict reloads with the tag head",
+          ["{adapt}", "predict", "--model", "out", "--file", "val.txt"],
+          Succeed(tags_match_validation, "exit 0, tags = predictions_validation"),
+          files={"val.txt": NER_VAL_TEXTS}, setup=shared("lora_ner")),
+    Probe("lora_ner_eval_model", "A", "LoRA NER: eval --model on its validation file",
+          ["{adapt}", "eval", "--model", "out", "--data", "val.conll", "--json"],
+          Succeed(eval_equals_saved_seqeval, "exit 0, f1 = seqeval on saved predictions"), setup=shared("lora_ner")),
+    Probe("iob1_identical_files", "A", "identical IOB1 tag files (entities start with I-)",
+          ["{adapt}", "eval", "--metric", "seqeval", "-p", "tags.txt", "-r", "tags.txt", "--json"],
+          Succeed(score("seqeval", "f1", 1.0), "exit 0, f1 1.0"), files={"tags.txt": tags_file(IOB1_REF)}),
+    Probe("bioes_identical_files", "A", "identical BIOES tag files",
+          ["{adapt}", "eval", "--metric", "seqeval", "-p", "tags.txt", "-r", "tags.txt", "--json"],
+          Either(Succeed(score("seqeval", "f1", 1.0), "exit 0, f1 1.0"), Refuse(("tags.txt",))),
+          files={"tags.txt": tags_file(BIOES_REF)}),
+    Probe("seqeval_default_mode", "A", "I- starting entities: headline F1 must equal seqeval's default mode",
+          ["{adapt}", "eval", "--metric", "seqeval", "-p", "pred.txt", "-r", "ref.txt", "--json"],
+          Succeed(seqeval_default_of(LENIENT_REF, LENIENT_PRED), "exit 0, f1 = seqeval.f1_score (1.0)"),
+          files={"pred.txt": tags_file(LENIENT_PRED), "ref.txt": tags_file(LENIENT_REF)}),
+    Probe("iob1_conll_finetune", "A", "NER trained on an IOB1 CoNLL file: converted to IOB2 or refused",
+          ft("--recipe", "ner", "--data", "train.conll", "--validation", "val.conll", "data.test=null"),
+          Either(Succeed(lambda ctx: (all(not (t.startswith("I-") and (i == 0 or r["tags"][i - 1][2:] != t[2:]))
+                                          for r in read_jsonl(ctx.out / "predictions_validation.jsonl")
+                                          for i, t in enumerate(r["tags"])), "reference tags are IOB2"),
+                         "exit 0, read as IOB2"), Refuse(("train.conll", "val.conll"))),
+          files={"train.conll": conll(iob1(conll_sentences("train.txt", 48))),
+                 "val.conll": conll(iob1(NER_VAL_SENTENCES))}),
+    Probe("float_scores_as_labels", "A", "scores 0.00-4.99 as the label column (a regression dataset)",
+          ft("--data", "scores.csv"),
+          Either(Succeed(lambda ctx: (config(ctx).get("problem_type") == "regression" or config(ctx).get("num_labels") == 1,
+                                      f"problem_type {config(ctx).get('problem_type')}, {len(config(ctx).get('id2label', {}))} labels"),
+                         "exit 0 as regression"), Refuse(("scores.csv",))),
+          files={"scores.csv": table(FLOATS)}),
+    Probe("empty_label_cell", "A", "a CSV row with an empty label cell",
+          ft("--data", "d.csv"), Refuse(("d.csv",), ("line 4",)),
+          files={"d.csv": table(SENT[:2] + [("fine film", "")] + SENT[2:20])}),
+    Probe("empty_text_cell", "A", "a CSV row with an empty text cell",
+          ft("--data", "d.csv"), Refuse(("d.csv",), ("line 3",)),
+          files={"d.csv": table(SENT[:1] + [("", "positive")] + SENT[1:20])}),
+    Probe("null_label_jsonl", "A", "a JSONL example with \"label\": null",
+          ft("--data", "d.jsonl"), Refuse(("d.jsonl",), ("line 3",)),
+          files={"d.jsonl": jsonl([{"text": t, "label": l} for t, l in SENT[:2]] + [{"text": "ok", "label": None}]
+                                  + [{"text": t, "label": l} for t, l in SENT[2:20]])}),
+    Probe("nan_label_parquet", "A", "a Parquet file whose float label column holds a NaN",
+          ft("--data", "d.parquet"), Refuse(("d.parquet",)),
+          setup=lambda ctx: __import__("pandas").DataFrame(
+              {"text": [t for t, _ in SENT], "label": [float(i % 2) if i != 5 else float("nan") for i in range(40)]}
+          ).to_parquet(ctx.dir / "d.parquet")),
+    Probe("labels_1_and_1.0", "A", "labels written 1, 1.0, 0, 0.0: two classes, not four",
+          ft("--data", "d.csv"), Succeed(id2label({"negative", "positive"}), "exit 0, 2 classes"),
+          files={"d.csv": table(MIXED_ONE)}),
+    Probe("float_ids_jsonl", "A", "JSONL labels as numbers 0.0/1.0 are ids 0/1",
+          ft("--data", "d.jsonl"), Succeed(id2label({"negative", "positive"}), "exit 0, 2 classes"),
+          files={"d.jsonl": jsonl([{"text": t, "label": float(l == "positive")} for t, l in SENT])}),
+    Probe("lr_inf", "A", "train.lr=.inf (trains to NaN weights, saved with exit 0)",
+          ft("--data", "train.csv", "train.lr=.inf"), Refuse(("lr",)), files={"train.csv": TRAIN}),
+    Probe("loss_diverges", "A", "lr 1e30: the loss becomes NaN/inf during training",
+          ft("--data", "train.csv", "train.lr=1e30", "train.max_grad_norm=null", steps=4),
+          Refuse(("nan", "finite", "inf", "diverg"), written="no-final-model"), files={"train.csv": TRAIN}),
+    Probe("conll_3_of_4_columns", "A", "CoNLL lines with 3 of 4 columns (chunk tag read as entity tag)",
+          ft("--recipe", "ner", "--data", "train.conll", "data.test=null", "data.validation=null"),
+          Refuse(("train.conll",), ("line 5",)),
+          files={"train.conll": "EU NNP B-NP B-ORG\nrejects VBZ B-VP O\n\nPeter NNP B-NP B-PER\nBlackburn NNP I-NP\n\n"
+                 + NER_TRAIN}),
+    Probe("resume_changed_lr", "A", "--resume with a changed --lr",
+          ft(*RESUMABLE, "--resume", "--lr", "3e-3", steps=4), Refuse(("lr",)),
+          before=[shared("resumable"), drop_newest_checkpoint]),
+    Probe("resume_changed_batch_size", "A", "--resume with a changed --batch-size",
+          ft(*RESUMABLE, "--resume", steps=4) + ["--batch-size", "4"], Refuse(("batch",)),
+          before=[shared("resumable"), drop_newest_checkpoint]),
+    Probe("resume_changed_data", "A", "--resume with different --data",
+          ft(*RESUMABLE, "--resume", steps=4) + ["--data", "other.csv"], Refuse(("data",)),
+          files={"other.csv": table(list(reversed(SENT[:32])))}, before=[shared("resumable"), drop_newest_checkpoint]),
+    Probe("resume_same_counts", "A", "--resume with the same command: same steps, samples counted across the checkpoint",
+          ft(*RESUMABLE, "--resume", steps=4), Succeed(steps_and_samples(4, 32), "exit 0, 4 steps, 32 samples"),
+          before=[shared("resumable"), drop_newest_checkpoint]),
+    Probe("bleu_identical_chinese", "A", "BLEU of identical Chinese files (no spaces)",
+          ["{adapt}", "eval", "--metric", "bleu", "-p", "zh.txt", "-r", "zh.txt", "--json"],
+          Either(Succeed(score("bleu", "bleu", 100.0, 1e-6), "exit 0, BLEU 100"), Refuse(("tokeniz",))),
+          files={"zh.txt": CHINESE}),
+    Probe("bleu_chinese_tokenize_zh", "A", "BLEU of identical Chinese files with --tokenize zh",
+          ["{adapt}", "eval", "--metric", "bleu", "--tokenize", "zh", "-p", "zh.txt", "-r", "zh.txt", "--json"],
+          Succeed(score("bleu", "bleu", 100.0, 1e-6), "exit 0, BLEU 100"), files={"zh.txt": CHINESE}),
+    Probe("bleu_identical_japanese", "A", "BLEU of identical Japanese files",
+          ["{adapt}", "eval", "--metric", "bleu", "-p", "ja.txt", "-r", "ja.txt", "--json"],
+          Either(Succeed(score("bleu", "bleu", 100.0, 1e-6), "exit 0, BLEU 100"), Refuse(("tokeniz",))),
+          files={"ja.txt": JAPANESE}),
+    Probe("bleu_identical_english", "A", "control: BLEU of identical English files",
+          ["{adapt}", "eval", "--metric", "bleu", "-p", "en.txt", "-r", "en.txt", "--json"],
+          Succeed(score("bleu", "bleu", 100.0, 1e-6), "exit 0, BLEU 100"), files={"en.txt": ENGLISH}),
+
+    # ---- B: tracebacks instead of one clear line ----
+    Probe("mixed_int_str_labels", "B", "JSONL labels mixing 1 and \"positive\"",
+          ft("--data", "d.jsonl"), Refuse(("d.jsonl",)),
+          files={"d.jsonl": jsonl([{"text": t, "label": (1 if i % 3 == 0 else l)} for i, (t, l) in enumerate(SENT)])}),
+    Probe("csv_field_over_131072", "B", "a CSV text field of 200,000 characters",
+          ft("--data", "d.csv", "--max-steps", "1"), Either(Succeed(None, "exit 0 (a long field is valid CSV)"), Refuse(("d.csv",))),
+          files={"d.csv": table([("word " * 40_000, "positive")] + SENT)}),
+    Probe("truncated_gz", "B", "a truncated .csv.gz", ft("--data", "d.csv.gz"), Refuse(("d.csv.gz",)),
+          files={"d.csv.gz": compressed(gzip.compress, TRAIN * 20, 0.5)}),
+    Probe("truncated_bz2", "B", "a truncated .csv.bz2", ft("--data", "d.csv.bz2"), Refuse(("d.csv.bz2",)),
+          files={"d.csv.bz2": compressed(bz2.compress, TRAIN * 20, 0.5)}),
+    Probe("truncated_xz", "B", "a truncated .jsonl.xz", ft("--data", "d.jsonl.xz"), Refuse(("d.jsonl.xz",)),
+          files={"d.jsonl.xz": compressed(lzma.compress, jsonl([{"text": t, "label": l} for t, l in SENT]) * 20, 0.5)}),
+    Probe("gz_not_gzip", "B", "a plain CSV named .csv.gz", ft("--data", "d.csv.gz"), Refuse(("d.csv.gz",)),
+          files={"d.csv.gz": TRAIN}),
+    Probe("zstd_compression", "B", "a .csv.zst (unsupported compression)", ft("--data", "d.csv.zst"),
+          Refuse(("d.csv.zst",)), files={"d.csv.zst": b"(\xb5/\xfd\x00Xabc"}),
+    Probe("duplicated_header", "B", "a CSV header naming `text` twice", ft("--data", "d.csv"),
+          Refuse(("d.csv",), ("text",)), files={"d.csv": table([(t, t, l) for t, l in SENT], ("text", "text", "label"))}),
+    Probe("fake_parquet", "B", "a CSV file named .parquet", ft("--data", "d.parquet"), Refuse(("d.parquet",)),
+          files={"d.parquet": TRAIN}),
+    Probe("json_list_of_numbers", "B", "a .json file holding [1, 2, 3]", ft("--data", "d.json"),
+          Refuse(("d.json",)), files={"d.json": "[1, 2, 3]\n"}),
+    Probe("json_list_of_strings", "B", "a .json file holding a list of strings", ft("--data", "d.json"),
+          Refuse(("d.json",)), files={"d.json": json.dumps([t for t, _ in SENT])}),
+    Probe("utf16_csv", "B", "a UTF-16 CSV (other encoding)", ft("--data", "d.csv"), Refuse(("d.csv",)),
+          files={"d.csv": TRAIN.encode("utf-16")}),
+    Probe("latin1_csv", "B", "a Latin-1 CSV with an accented word", ft("--data", "d.csv"), Refuse(("d.csv",), ("line 3",)),
+          files={"d.csv": ("text,label\ngreat,positive\nun film affreux et très mauvais,negative\n").encode("latin-1")}),
+    Probe("recipe_is_directory", "B", "--recipe pointing at a directory", ft("--recipe", "recipes_dir"),
+          Refuse(("recipes_dir",)), setup=lambda ctx: (ctx.dir / "recipes_dir").mkdir()),
+    Probe("recipe_not_utf8", "B", "a recipe YAML in Latin-1", ft("--recipe", "r.yaml"), Refuse(("r.yaml",)),
+          files={"r.yaml": "description: critiques de films très courtes\ntask: classification\nmodel: x\n".encode("latin-1")}),
+    Probe("recipe_bad_yaml", "B", "a recipe YAML that does not parse", ft("--recipe", "r.yaml"), Refuse(("r.yaml",)),
+          files={"r.yaml": "task: [classification\nmodel: x\n"}),
+    Probe("max_length_over_positions", "B", "train.max_length 128 on a model with 64 positions",
+          ft("--data", "train.csv", model="{bert64}"), Refuse(("max_length",)), files={"train.csv": TRAIN}),
+    Probe("block_size_over_positions", "B", "clm block_size 256 on a Llama with 64 positions",
+          ft(*CLM, "--data", "text.txt", "task_options.block_size=256", model="{llama}"),
+          Refuse(("block_size",)), files={"text.txt": SHAKESPEARE}),
+    Probe("summarize_default_length_on_bart", "B", "summarize recipe's max_length 384 on a BART with 128 positions",
+          ft("--recipe", "summarize", "--data", "s2s_train.jsonl", "--validation", "s2s_val.jsonl", "data.test=null",
+             model="{bart}"), Refuse(("max_length",)), files={"s2s_train.jsonl": S2S_TRAIN, "s2s_val.jsonl": S2S_VAL}),
+    Probe("perplexity_max_length_over_positions", "B", "eval --metric perplexity --max-length 1024 on 64 positions",
+          ["{adapt}", "eval", "--metric", "perplexity", "--model", "{gpt2}", "--text-file", "t.txt"],
+          Refuse(("max-length", "max_length")), files={"t.txt": SHAKESPEARE}),
+    Probe("lora_targets_match_nothing", "B", "peft.target_modules that match no layer",
+          ft("--data", "train.csv", "peft.method=lora", "peft.target_modules=[no_such_layer]"),
+          Refuse(("target_modules",)), files={"train.csv": TRAIN}),
+    Probe("model_without_safetensors", "B", "a model folder with only pytorch_model.bin",
+          ft("--data", "train.csv", model="{bert_bin}"), Refuse(("safetensors",)), files={"train.csv": TRAIN}),
+    Probe("model_needs_remote_code", "B", "a model type defined only by code shipped in the folder",
+          ft("--data", "train.csv", model="{remote_code}"),
+          Custom(lambda ctx: (ctx.result.code == 2 and one_error_line(ctx.result)[0] and not ctx.out.exists()
+                              and not (ctx.dir / "REMOTE_CODE_RAN").exists(),
+                              f"exit {ctx.result.code}, code ran: {(ctx.dir / 'REMOTE_CODE_RAN').exists()}"),
+                 "exit 2 + one line, no code run"), files={"train.csv": TRAIN}),
+    Probe("model_folder_missing", "B", "--model ./no_such_model", ft("--data", "train.csv", model="./no_such_model"),
+          Refuse(("no_such_model",)), files={"train.csv": TRAIN}),
+    Probe("model_config_corrupt", "B", "a model folder whose config.json is not JSON",
+          ft("--data", "train.csv", model="broken_model"), Refuse(("broken_model",)),
+          files={"train.csv": TRAIN, "broken_model/config.json": "{\"model_type\": \"bert\", "}),
+    Probe("predict_file_missing", "B", "predict --file that does not exist",
+          ["{adapt}", "predict", "--model", "out", "--file", "missing.txt"], Refuse(("missing.txt",)),
+          setup=shared("cls")),
+    Probe("null_completion", "B", "prompt/completion JSONL with a null completion",
+          ft(*CLM, "--data", "pc.jsonl", model="{llama}"), Refuse(("pc.jsonl",), ("line 3",)),
+          files={"pc.jsonl": jsonl([{"prompt": f"Q{i}?", "completion": f"A{i}."} for i in range(2)]
+                                   + [{"prompt": "Q?", "completion": None}]
+                                   + [{"prompt": f"q{i}?", "completion": f"a{i}."} for i in range(20)])}),
+    Probe("output_dir_unwritable", "B", "--output-dir under /proc (cannot be created, even by root)",
+          ft("--data", "train.csv") + ["--output-dir", "/proc/adapt-probe/out"], Refuse(("/proc/adapt-probe",)),
+          files={"train.csv": TRAIN}),
+    Probe("output_dir_under_a_file", "B", "--output-dir whose parent is a regular file",
+          ft("--data", "train.csv") + ["--output-dir", "afile/out"], Refuse(("afile",)),
+          files={"train.csv": TRAIN, "afile": "not a folder\n"}),
+    Probe("resume_corrupt_newest_checkpoint", "B", "--resume when the newest checkpoint is truncated",
+          ft(*RESUMABLE, "--resume", steps=4),
+          Either(Succeed(steps_and_samples(4, 32), "exit 0 from the older checkpoint"), Refuse(("step-4",))),
+          before=[shared("resumable"), corrupt_newest_checkpoint]),
+
+    # ---- C: checks after the output folder was touched ----
+    Probe("metric_for_best_unknown", "C", "train.metric_for_best=bleu for a classifier",
+          ft("--data", "train.csv", "train.metric_for_best=bleu"), Refuse(("metric_for_best",)),
+          files={"train.csv": TRAIN}),
+    Probe("peft_method_unknown", "C", "peft.method=nonsense", ft("--data", "train.csv", "peft.method=nonsense"),
+          Refuse(("peft.method",)), files={"train.csv": TRAIN}),
+    Probe("max_length_over_512", "C", "train.max_length=1024 on a BERT with 512 positions",
+          ft("--data", "train.csv", "train.max_length=1024"), Refuse(("max_length",)), files={"train.csv": TRAIN}),
+    Probe("test_label_unseen", "C", "a --test file with a label never seen in train",
+          ft("--data", "train.csv", "--test", "test.csv"), Refuse(("test.csv",), ("neutral",)),
+          files={"train.csv": TRAIN, "test.csv": table([("fine", "positive"), ("meh", "neutral")])}),
+    Probe("task_option_unknown", "C", "task_options.bogus=1", ft("--data", "train.csv", "task_options.bogus=1"),
+          Refuse(("bogus",)), files={"train.csv": TRAIN}),
+    Probe("output_dir_is_a_file", "C", "--output-dir naming an existing file",
+          ft("--data", "train.csv") + ["--output-dir", "afile"], Refuse(("afile",)),
+          files={"train.csv": TRAIN, "afile": "precious\n"}),
+    Probe("inspect_null_label", "C", "data inspect on JSONL with a null label (same validation as finetune)",
+          ["{adapt}", "data", "inspect", "--model", "{bert}", "--data", "d.jsonl"], Refuse(("d.jsonl",), ("line 2",)),
+          files={"d.jsonl": jsonl([{"text": "a", "label": "positive"}, {"text": "b", "label": None}]
+                                  + [{"text": t, "label": l} for t, l in SENT])}),
+
+    # ---- D: unsafe or destructive ----
+    Probe("remote_code_via_run_recipe", "D", "predict on a run whose recipe.yaml says trust_remote_code: true",
+          ["{adapt}", "predict", "--model", "out", "great film"],
+          Custom(no_marker, "shipped code never runs; exit 0 or one-line exit 2"), setup=remote_code_in_run),
+    Probe("remote_code_via_run_recipe_eval", "D", "eval --model on the same run",
+          ["{adapt}", "eval", "--model", "out", "--data", "val.csv"],
+          Custom(no_marker, "shipped code never runs; exit 0 or one-line exit 2"), setup=remote_code_in_run),
+    Probe("adapter_bin_pickle", "D", "an adapter saved only as adapter_model.bin (pickle)",
+          ["{adapt}", "predict", "--model", "out", "great film"], Refuse(("adapter_model.bin",)),
+          setup=adapter_as_pickle),
+    Probe("overwrite_not_a_run", "D", "--overwrite on a folder that is not an adapt run",
+          ft("--data", "train.csv", "--overwrite"), Refuse(), files={"train.csv": TRAIN}, setup=not_a_run),
+    Probe("overwrite_bad_data_keeps_run", "D", "--overwrite with bad data: the old run stays",
+          ft("--data", "bad.csv", "--overwrite"), Refuse(("bad.csv",)),
+          files={"bad.csv": table(SENT, ("sentence", "label"))}, setup=shared("cls")),
+    Probe("overwrite_failed_run_keeps_old", "D", "--overwrite whose new run fails mid-training (NaN)",
+          ft("--data", "train.csv", "--overwrite", "train.lr=1e30", "train.max_grad_norm=null", steps=4),
+          Refuse(("nan", "finite", "inf", "diverg")), setup=shared("cls")),
+    Probe("concurrent_runs_lock", "D", "two finetunes on one --output-dir at once",
+          ["{adapt} finetune --model {bert} --output-dir out --batch-size 8 tracking=[] --max-steps 6 --data train.csv"
+           " >a.out 2>a.err & p1=$!; sleep 0.3; {adapt} finetune --model {bert} --output-dir out --batch-size 8 "
+           "tracking=[] --max-steps 6 --data train.csv >b.out 2>b.err & p2=$!; wait $p1; c1=$?; wait $p2; c2=$?; "
+           "echo $c1 $c2"],
+          Custom(one_run_locked_out, "one exit 0, the other exit 2 naming the lock"), files={"train.csv": TRAIN},
+          shell=True),
+    Probe("sigterm_saves_checkpoint", "D", "SIGTERM during training (what schedulers send)",
+          ["set -m; {adapt} finetune --model {bert} --output-dir out --batch-size 8 tracking=[] --max-steps 400 "
+           "--data train.csv train.log_steps=1 & p=$!; for i in $(seq 600); do [ -s out/train_log.jsonl ] && break; "
+           "sleep 0.1; done; kill -TERM $p; wait $p"],
+          Custom(interrupted_with_checkpoint, "exit 130/143, a checkpoint, a resume hint"), files={"train.csv": TRAIN},
+          shell=True),
+    Probe("sigint_saves_checkpoint", "D", "control: SIGINT (Ctrl-C) during training",
+          ["set -m; {adapt} finetune --model {bert} --output-dir out --batch-size 8 tracking=[] --max-steps 400 "
+           "--data train.csv train.log_steps=1 & p=$!; for i in $(seq 600); do [ -s out/train_log.jsonl ] && break; "
+           "sleep 0.1; done; kill -INT $p; wait $p"],
+          Custom(interrupted_with_checkpoint, "exit 130, a checkpoint, a resume hint"), files={"train.csv": TRAIN},
+          shell=True),
+    Probe("file_modes_umask_022", "D", "saved files under umask 022",
+          ["umask 022; {adapt} finetune --model {bert} --output-dir out --batch-size 8 tracking=[] --max-steps 2 "
+           "--save-steps 2 --data train.csv"],
+          Succeed(file_modes, "exit 0, every file group/other-readable"), files={"train.csv": TRAIN}, shell=True),
+    Probe("stale_temp_folders_cleaned", "D", "a killed run's .tmp-.final-* and .tmp-step-* folders, then --resume",
+          ft(*RESUMABLE, "--resume", steps=4), Succeed(no_leftovers, "exit 0, no .tmp* left"),
+          before=[shared("resumable"), stale_temp_folders]),
+    Probe("resume_without_checkpoint", "D", "--resume when the attempt died before its first checkpoint",
+          ft("--data", "train.csv", "--validation", "val.csv", "--resume"),
+          Either(Succeed(lambda ctx: (metrics(ctx).get("train_steps") == 2, f"train_steps {metrics(ctx).get('train_steps')}"),
+                         "exit 0, started afresh"),
+                 Refuse(("--overwrite", "afresh", "delete", "remove"))),
+          files={"train.csv": TRAIN, "val.csv": VAL}, setup=died_before_first_checkpoint),
+
+    # ---- E: messages pointing at the wrong cause ----
+    Probe("semicolon_csv", "E", "a ;-separated file named .csv", ft("--data", "d.csv"),
+          Refuse(("d.csv",), ("';'", "semicolon", "delimit", "separat")), files={"d.csv": SEMICOLON}),
+    Probe("pipe_csv", "E", "a |-separated file named .csv", ft("--data", "d.csv"),
+          Refuse(("d.csv",), ("'|'", "pipe", "delimit", "separat")), files={"d.csv": PIPE}),
+    Probe("tabs_in_csv", "E", "a tab-separated file named .csv", ft("--data", "d.csv"),
+          Either(Succeed(id2label({"negative", "positive"}), "exit 0 (read as TSV)"),
+                 Refuse(("d.csv",), ("tab", "\\t", "tsv", "delimit", "separat"))),
+          files={"d.csv": TABS_AS_CSV * 1 + "".join(f"{t}\t{l}\n" for t, l in SENT)}),
+    Probe("float_ids_in_validation", "E", "train labels 0/1, validation labels 0.0/1.0",
+          ft("--data", "train.csv", "--validation", "val.csv"), Succeed(id2label({"negative", "positive"}), "exit 0, 2 classes"),
+          files={"train.csv": table([(t, int(l == "positive")) for t, l in SENT[:32]]),
+                 "val.csv": table([(t, float(l == "positive")) for t, l in SENT[32:]])}),
+    Probe("csv_line_after_quoted_newline", "E", "a bad row after a quoted multi-line field: physical line number",
+          ft("--data", "d.csv"), Refuse(("d.csv",), ("line 7",)), files={"d.csv": QUOTED_NEWLINE}),
+    Probe("eval_model_json_no_rows", "E", "eval --model --json prints scores, not per-example rows",
+          ["{adapt}", "eval", "--model", "out", "--data", "val.csv", "--json"],
+          Succeed(lambda ctx: (ctx.json_out() is not None and find(ctx.json_out(), "predictions") is None
+                               and "sluggish pacing" not in ctx.result.stdout and "terrible" not in ctx.result.stdout,
+                               f"{len(ctx.result.stdout)} characters of JSON"), "exit 0, no per-example rows"),
+          setup=shared("cls")),
+    Probe("eval_model_output_has_rows", "E", "control: eval --model --output keeps per-example rows",
+          ["{adapt}", "eval", "--model", "out", "--data", "val.csv", "--output", "report.json"],
+          Succeed(lambda ctx: ("terrible" in (ctx.dir / "report.json").read_text(), "rows in report.json"),
+                  "exit 0, rows in --output"), setup=shared("cls")),
+    Probe("qa_short_inputs_no_warning", "E", "QA on short SQuAD articles prints no RuntimeWarning",
+          ft("--recipe", "qa", "--data", "squad.json", "train.max_length=128", "task_options.doc_stride=32", steps=1),
+          Succeed(lambda ctx: ("RuntimeWarning" not in ctx.result.output, "no RuntimeWarning" if "RuntimeWarning"
+                               not in ctx.result.output else "RuntimeWarning printed"), "exit 0, no warning"),
+          files={"squad.json": SQUAD_SMALL}, timeout=300),
+
+    # ---- F: other model families ----
+    Probe("llama_sampling_generation_config", "F", "full FT of a Llama whose generation config has temperature/top_p without do_sample",
+          ft(*CLM, "--data", "text.txt", model="{llama_sampling}"),
+          Succeed(generation_config_saves, "exit 0, a generation config transformers saves"), files={"text.txt": SHAKESPEARE}),
+    Probe("llama_eos_list_kept", "F", "the saved generation config keeps the checkpoint's EOS id list",
+          ft(*CLM, "--data", "text.txt", model="{llama}"), Succeed(eos_ids([2, 0]), "exit 0, eos [2, 0]"),
+          files={"text.txt": SHAKESPEARE}),
+    Probe("bart_early_stopping_sampling", "F", "BART (early_stopping: true) with a recipe asking for sampling",
+          ft(*S2S_ARGS, "task_options.temperature=0.7", model="{bart}"),
+          Either(Succeed(generation_config_saves, "exit 0, valid generation config"), Refuse(("temperature",))),
+          files={"s2s_train.jsonl": S2S_TRAIN, "s2s_val.jsonl": S2S_VAL}),
+    *[Probe(f"lora_{family}", "F", f"LoRA on {family}: peft's default targets",
+            ft(*CLM, "--data", "text.txt", "peft.method=lora", model="{" + family + "}"),
+            Succeed(lora_targets, "exit 0, adapter with targets"), files={"text.txt": SHAKESPEARE})
+      for family in ("gemma", "gemma2", "phi3", "opt")],
+    Probe("lora_mbart", "F", "LoRA on mBART (seq2seq): peft's default targets",
+          ft(*S2S_ARGS, "peft.method=lora", model="{mbart}"), Succeed(lora_targets, "exit 0, adapter with targets"),
+          files={"s2s_train.jsonl": S2S_TRAIN, "s2s_val.jsonl": S2S_VAL}),
+    Probe("seq2seq_lora_predict", "F", "predict with a seq2seq LoRA run folder (adapter only)",
+          ["{adapt}", "predict", "--model", "out", "great film and the audience agreed"],
+          Succeed(lambda ctx: (len(ctx.jsonl_out()) == 1, f"{len(ctx.jsonl_out())} prediction rows"), "exit 0, one prediction"),
+          setup=shared("bart_lora")),
+    *[Probe(f"{family}_sequence_classification", "F", f"sentiment classification with a {family} decoder (no pad token)",
+            ft("--data", "train.csv", "--validation", "val.csv", "train.max_length=64", model="{" + family + "}"),
+            Succeed(lambda ctx: ("accuracy" in metrics(ctx).get("validation", {}),
+                                 f"validation accuracy {metrics(ctx).get('validation', {}).get('accuracy')}"),
+                    "exit 0, scored"), files={"train.csv": TRAIN, "val.csv": VAL})
+      for family in ("gpt2", "llama", "qwen2")],
+    Probe("roberta_ner_prefix_space", "F", "NER with a byte-level BPE tokenizer: words keep their leading space",
+          ft("--recipe", "ner", "--data", "train.conll", "--validation", "val.conll", "data.test=null",
+             "train.max_length=64", model="{roberta}"),
+          Succeed(word_keeps_space, "exit 0, 'lives' -> Ġlives"),
+          files={"train.conll": NER_TRAIN, "val.conll": NER_VAL}),
+
+    # ---- G: a user's own data with a named recipe ----
+    Probe("summarize_own_data", "G", "--data my.jsonl with the summarize recipe: scored on my data, not SciTLDR",
+          ft("--recipe", "summarize", "--data", "my.jsonl", "train.max_length=48", "task_options.max_target_length=12",
+             "task_options.num_beams=1", model="{bart}"),
+          Succeed(validation_count(30, 30), "exit 0, validation carved from my.jsonl"), files={"my.jsonl": jsonl(S2S[:30])},
+          timeout=400),
+    Probe("ner_own_data", "G", "--data my.conll with the ner recipe: scored on my data, not CoNLL-2003",
+          ft("--recipe", "ner", "--data", "my.conll", "data.label_names=[O,B-PER,I-PER,B-ORG,I-ORG,B-LOC,I-LOC,B-MISC,I-MISC]"),
+          Succeed(validation_count(48, 48), "exit 0, validation carved from my.conll"),
+          files={"my.conll": NER_TRAIN}, timeout=400),
+    Probe("eval_max_eval_examples", "G", "eval --model --data FILE --set data.max_eval_examples=5",
+          ["{adapt}", "eval", "--model", "out", "--data", "val20.csv", "--set", "data.max_eval_examples=5", "--json"],
+          Succeed(lambda ctx: (find(ctx.json_out(), "examples") == 5, f"examples {find(ctx.json_out(), 'examples')}"),
+                  "exit 0, 5 examples"), files={"val20.csv": table(SENT[:20])}, setup=shared("cls")),
+    Probe("brackets_shown_literally", "G", "predict --format table on text with [square brackets]",
+          ["{adapt}", "predict", "--model", "out", "--format", "table", "because [the leads] are [b]great[/b]"],
+          Succeed(lambda ctx: ("[the leads]" in ctx.result.stdout and "[b]great[/b]" in ctx.result.stdout,
+                               "brackets shown" if "[the leads]" in ctx.result.stdout else "bracketed text vanished"),
+                  "exit 0, text shown literally"), setup=shared("cls")),
+    Probe("one_sentence_per_line_text", "G", "a PTB-style text file, one sentence per line, no blank lines",
+          ft(*CLM, "--data", "ptb.txt", "task_options.block_size=16", model="{llama}"),
+          Succeed(lambda ctx: (metrics(ctx).get("validation", {}).get("examples", 0) >= 1,
+                               f"validation examples {metrics(ctx).get('validation', {}).get('examples')}"),
+                  "exit 0, split into several examples"), files={"ptb.txt": PTB}),
+    Probe("seq2seq_predict_jsonl_file", "G", "seq2seq predict --file inputs.jsonl summarises the text, not the JSON",
+          ["{adapt}", "predict", "--model", "out", "--file", "inputs.jsonl"],
+          Succeed(inputs_parsed, "exit 0, the model reads the source text"),
+          files={"inputs.jsonl": jsonl([{"source": t} for t, _ in SENT[:3]])}, setup=shared("bart")),
+    Probe("label_names_differ", "G", "labels neg/pos with the sentiment recipe's label_names negative/positive",
+          ft("--data", "d.csv"),
+          Either(Succeed(id2label({"neg", "pos"}), "exit 0 with classes neg/pos"),
+                 Refuse(("data.label_names",), ("neg",))),
+          files={"d.csv": table([(t, l[:3]) for t, l in SENT])}),
+]
+
+# More variants of kinds the default table already covers; run with --all.
+EXTRA = {
+    "lora2_export_merge", "bioes_identical_files", "nan_label_parquet", "float_ids_jsonl", "empty_text_cell",
+    "resume_changed_data", "bleu_identical_japanese", "bleu_identical_english", "truncated_bz2", "truncated_xz",
+    "gz_not_gzip", "zstd_compression", "json_list_of_strings", "utf16_csv", "latin1_csv",
+    "summarize_default_length_on_bart", "model_folder_missing", "model_config_corrupt", "output_dir_under_a_file",
+    "max_length_over_512", "task_option_unknown", "output_dir_is_a_file", "remote_code_via_run_recipe_eval",
+    "sigint_saves_checkpoint", "pipe_csv", "tabs_in_csv", "eval_model_output_has_rows", "lora_gemma2", "lora_opt",
+    "lora_mbart", "llama_sequence_classification", "qwen2_sequence_classification",
+}
+for _probe in PROBES:
+    _probe.extra = _probe.name in EXTRA
+assert EXTRA <= {p.name for p in PROBES}, EXTRA - {p.name for p in PROBES}

@@ -1,0 +1,243 @@
+"""Issue 15, metrics and `adapt eval`: seqeval parity with seqeval's default mode (IOB1 and IOB2), BLEU
+tokenizers from the target language with sacreBLEU's signature, literal user text in tables, per-example rows
+only in --output, and one-line errors (exit 2) for data a metric cannot score."""
+
+import json
+from pathlib import Path
+
+import pytest
+import sacrebleu
+from rich.console import Console
+from seqeval.metrics import f1_score, precision_score, recall_score
+from seqeval.scheme import IOB2
+from typer.testing import CliRunner
+
+from adapt.cli import app
+from adapt.errors import AdaptError
+from adapt.metrics import bleu_score, seqeval_scores
+from adapt.scoring import render, score_files
+
+# hand-made cases: (references, predictions); IOB2, IOB1 (entities may start with I-), ill-formed predictions
+CASES = {
+    "iob2": ([["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG", "O", "B-MISC"]],
+             [["B-PER", "I-PER", "O", "B-ORG"], ["O", "B-ORG", "I-ORG", "O", "O"]]),
+    "iob1": ([["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "O"], ["O", "I-ORG", "O"]],
+             [["I-PER", "I-PER", "O", "I-LOC", "I-LOC", "O"], ["O", "I-ORG", "O"]]),
+    "ill_formed": ([["B-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["B-ORG", "O", "B-MISC"], ["O", "B-PER"]],
+                   [["I-PER", "I-PER", "O", "B-LOC", "I-LOC"], ["B-ORG", "O", "I-MISC"], ["B-PER", "I-PER"]]),
+    "type_switch": ([["B-PER", "I-LOC", "I-LOC", "O"]], [["B-PER", "B-LOC", "I-LOC", "O"]]),
+    "iobes": ([["S-PER", "O", "B-LOC", "E-LOC"]], [["S-PER", "O", "B-LOC", "I-LOC"]]),
+}
+
+
+def write_lines(path: Path, lines) -> str:
+    path.write_text("".join((x if isinstance(x, str) else json.dumps(x)) + "\n" for x in lines), encoding="utf-8")
+    return str(path)
+
+
+def run(*args):
+    return CliRunner(env={"COLUMNS": "200"}).invoke(app, ["eval", *args])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_seqeval_headline_equals_seqeval_default_mode(case, tmp_path):
+    references, predictions = CASES[case]
+    scores = seqeval_scores(predictions, references)
+    assert scores["f1"] == pytest.approx(f1_score(references, predictions), abs=1e-6)
+    assert scores["precision"] == pytest.approx(precision_score(references, predictions), abs=1e-6)
+    assert scores["recall"] == pytest.approx(recall_score(references, predictions), abs=1e-6)
+    # the same through `adapt eval --metric seqeval` on plain and JSONL files
+    pred_txt = write_lines(tmp_path / "p.txt", [" ".join(t) for t in predictions])
+    ref_txt = write_lines(tmp_path / "r.txt", [" ".join(t) for t in references])
+    pred_jsonl = write_lines(tmp_path / "p.jsonl", [{"tags": t} for t in predictions])
+    for files in ((pred_txt, ref_txt), (pred_jsonl, ref_txt)):
+        result = run("-m", "seqeval", "-p", files[0], "-r", files[1], "--json")
+        assert result.exit_code == 0, result.output
+        printed = json.loads(result.stdout)["scores"]["seqeval"]
+        assert printed["f1"] == pytest.approx(f1_score(references, predictions), abs=1e-6)
+
+
+def test_seqeval_strict_iob2_reported_beside_the_headline():
+    references, predictions = CASES["ill_formed"]
+    scores = seqeval_scores(predictions, references)
+    assert scores["strict_scheme"] == "IOB2"
+    assert scores["strict_f1"] == pytest.approx(f1_score(references, predictions, mode="strict", scheme=IOB2))
+    assert scores["f1"] == pytest.approx(4 / 5)  # lenient: I-PER I-PER and I-MISC count as entities
+    assert scores["strict_f1"] == pytest.approx(0.5)  # strict IOB2: 2 of 4 predicted spans, 2 of 4 gold
+
+
+def test_identical_iob1_files_score_f1_one_over_all_entities(tmp_path):
+    references = CASES["iob1"][0]  # 4 entities: PER, LOC, LOC, ORG (the first three start with I-)
+    path = write_lines(tmp_path / "iob1.txt", [" ".join(t) for t in references])
+    scores = score_files(["seqeval"], path, [path])["scores"]["seqeval"]
+    assert (scores["f1"], scores["strict_f1"], scores["strict_scheme"]) == (1.0, 1.0, "IOB1")
+    assert {name: row["support"] for name, row in scores["per_type"].items()} == {"PER": 1, "LOC": 2, "ORG": 1}
+
+
+@pytest.mark.parametrize("lines, message", [
+    (["B-PER O", "O U-LOC"], "line 2: tag 'U-LOC' is BILOU"),
+    (["B-PER O", "PER O"], "line 2: tag 'PER' is neither 'O' nor a B-/I-/E-/S- prefix"),
+    (["B-PER O", "O"], "p.txt line 2: 1 tags but"),
+    (["S-PER O", "O O"], "p.txt has E-/S- tags (IOBES) but"),
+])
+def test_seqeval_refuses_tags_it_cannot_score_with_file_and_line(tmp_path, lines, message):
+    ref = write_lines(tmp_path / "r.txt", ["B-PER O", "O B-LOC"])
+    pred = write_lines(tmp_path / "p.txt", lines)
+    result = run("-m", "seqeval", "-p", pred, "-r", ref)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert message in result.stderr and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_bleu_of_identical_chinese_files_is_100_with_zh_and_its_signature(tmp_path):
+    lines = ["我喜欢吃苹果。", "今天天气很好，我们去公园散步吧。"]
+    zh = write_lines(tmp_path / "zh.txt", lines)
+    signature = f"nrefs:1|case:mixed|eff:no|tok:zh|smooth:exp|version:{sacrebleu.__version__}"
+    for extra in (["--tokenize", "zh"], ["--target-lang", "zh-CN"], []):  # explicit, by language, detected
+        result = run("-m", "bleu", "-p", zh, "-r", zh, "--json", *extra)
+        assert result.exit_code == 0, result.output
+        bleu = json.loads(result.stdout)["scores"]["bleu"]
+        assert bleu["bleu"] == pytest.approx(100.0) and bleu["signature"] == signature
+    table = run("-m", "bleu", "-p", zh, "-r", zh)
+    assert f"sacreBLEU bleu signature: {signature}" in table.stdout
+    assert "BLEU tokenize=zh (the references are Chinese text" in table.stdout
+    # 13a leaves each unsegmented Chinese line one token: no 2-grams match, BLEU 0 (the fault being fixed)
+    assert bleu_score(lines, [lines], tokenize="13a")["bleu"] == 0.0
+
+
+def test_bleu_tokenizer_choice_japanese_korean_and_default():
+    ja = ["私は猫が好きです。"]
+    assert bleu_score(ja, [ja]) == bleu_score(ja, [ja], tokenize="ja-mecab")
+    assert bleu_score(ja, [ja])["tokenize"] == "ja-mecab" and bleu_score(ja, [ja])["bleu"] == pytest.approx(100.0)
+    ko = ["나는 고양이를 좋아합니다."]
+    assert bleu_score(ko, [ko])["tokenize"] == "ko-mecab"
+    en = ["the cat sat on the mat"]
+    assert bleu_score(en, [en])["tokenize"] == "13a" and bleu_score(en, [en], target_lang="de")["tokenize"] == "13a"
+    assert "tok:intl" in bleu_score(en, [en], tokenize="intl")["signature"]
+
+
+def test_bleu_tokenizer_errors_are_one_line(tmp_path, monkeypatch):
+    import sacrebleu.utils
+
+    en = write_lines(tmp_path / "en.txt", ["a b c d"])
+    result = run("-m", "bleu", "-p", en, "-r", en, "--tokenize", "moses")
+    assert result.exit_code == 2 and "unknown BLEU tokenizer 'moses'; sacreBLEU's tokenizers: none, zh, 13a" in result.stderr
+    monkeypatch.setattr(sacrebleu.utils, "SACREBLEU_DIR", str(tmp_path / "no-sacrebleu"))
+    with pytest.raises(AdaptError, match="'flores200' needs sacreBLEU's SentencePiece model .*does not download"):
+        bleu_score(["a"], [["a"]], tokenize="flores200")
+    assert not (tmp_path / "no-sacrebleu").exists()  # nothing was downloaded or written
+    result = run("-m", "chrf", "-p", en, "-r", en, "--tokenize", "zh")
+    assert result.exit_code == 2 and "add --metric bleu or drop them" in result.stderr
+
+
+def test_user_text_in_brackets_is_shown_literally(tmp_path):
+    labels = ["because [the leads] are", "[bold]fine[/bold]", ":smile:"] * 2
+    path = write_lines(tmp_path / "labels.txt", labels)
+    result = run("-m", "f1", "-p", path, "-r", path)
+    assert result.exit_code == 0, result.output
+    for label in ("f1_per_class.because [the leads] are", "f1_per_class.[bold]fine[/bold]", "f1_per_class.:smile:"):
+        assert label in result.stdout
+    console = Console(record=True, width=200)
+    render({"scores": {"accuracy": {"accuracy": 1.0}}, "notes": ["file [the leads].txt"]}, console)
+    assert "file [the leads].txt" in console.export_text()
+
+    from adapt.ui import console as ui_console
+    from adapt.ui import prediction_table
+
+    with ui_console.capture() as captured:
+        ui_console.print(prediction_table([{"input": {"text": "because [the leads] are"}, "label": "[neg]"}]))
+        ui_console.print("warning: [the leads] :smile:")
+    assert "because [the leads] are" in captured.get() and "label=[neg]" in captured.get()
+    assert "warning: [the leads] :smile:" in captured.get()
+
+
+def test_eval_model_keeps_per_example_rows_out_of_json_and_honours_the_cap(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    rows = ["text,label"] + [f"review number {i} was {'great' if i % 2 else 'awful'},"
+                             f"{'positive' if i % 2 else 'negative'}" for i in range(12)]
+    data = write_lines(tmp_path / "eval.csv", rows)
+    output = tmp_path / "out.json"
+    result = run("--model", str(run_dir), "--data", data, "data.max_eval_examples=5", "--json", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert "examples" not in printed and "predictions" not in printed["scores"]["model"]
+    assert "review number" not in result.stdout
+    written = json.loads(output.read_text())
+    assert len(written["examples"]) == 5 and written["examples"][0]["text"] == "review number 0 was awful"
+    table = run("--model", str(run_dir), "--data", data)
+    assert table.exit_code == 0 and "review number" not in table.stdout
+
+
+def test_metric_on_data_it_cannot_score_is_one_line_exit_2(tmp_path):
+    ok = write_lines(tmp_path / "ok.txt", ["pos", "neg"])
+    cases = [
+        (["-m", "accuracy", "-p", write_lines(tmp_path / "empty.txt", []), "-r", ok], "empty.txt is empty"),
+        (["-m", "accuracy", "-p", write_lines(tmp_path / "three.txt", ["pos", "neg", "pos"]), "-r", ok],
+         "three.txt has 3 examples but"),
+        (["-m", "accuracy", "-p", write_lines(tmp_path / "nan.jsonl", [{"label": "pos"}, '{"label": NaN}']), "-r", ok],
+         "nan.jsonl line 2: label nan is not a class"),
+        (["-m", "squad", "-p", write_lines(tmp_path / "cls.jsonl", [{"label": "pos"}]),
+          "-r", write_lines(tmp_path / "cls_ref.jsonl", [{"label": "pos"}])],
+         "cls.jsonl line 1: missing the field 'id'; squad metrics read SQuAD .jsonl"),
+        (["-m", "bleu", "-p", write_lines(tmp_path / "num.jsonl", [{"text": 3}]),
+          "-r", write_lines(tmp_path / "ref.jsonl", [{"text": "3"}])], "num.jsonl line 1: text 3 is not a string"),
+        (["-m", "accuracy", "-p", ok, "-r", ok, "data.max_eval_examples=5"], "applies only with --model DIR"),
+    ]
+    for args, message in cases:
+        result = run(*args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt2(tmp_path_factory) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("gpt2")
+    words = "the cat sat on a mat and dog ran".split()
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(folder)
+    config = GPT2Config(vocab_size=10, n_positions=16, n_embd=8, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_perplexity_is_per_model_token_and_refuses_windows_past_the_positions(tiny_gpt2, tmp_path):
+    text = write_lines(tmp_path / "t.txt", ["the cat sat on a mat", "and the dog ran on the mat"])
+    result = run("-m", "perplexity", "--model", str(tiny_gpt2), "--text-file", text, "--max-length", "32")
+    assert result.exit_code == 2
+    assert result.stderr == (f"error: --max-length 32 is past the 16 positions of {tiny_gpt2} (config "
+                             "max_position_embeddings); use --max-length 16 or less\n")
+    result = run("-m", "perplexity", "--model", str(tiny_gpt2), "--text-file", text, "--max-length", "8",
+                 "--stride", "4", "--json")
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.stdout)
+    assert printed["scores"]["perplexity"]["unit"] == "per model token"
+    assert printed["scores"]["perplexity"]["tokens"] == 12
+    assert printed["notes"][0].startswith("perplexity is per model token: exp of the mean NLL over 12 tokens")
+    short = write_lines(tmp_path / "short.txt", ["cat"])
+    result = run("-m", "perplexity", "--model", str(tiny_gpt2), "--text-file", short, "--max-length", "8")
+    assert result.exit_code == 2 and "short.txt: no tokens were scored" in result.stderr
+
+
+def test_accumulating_bleu_takes_the_tokenizer_choice():
+    from adapt.metrics import load
+
+    metric = load("bleu")
+    metric.add_batch(predictions=["今天天气很好"], references=[["今天天气很好"]])
+    scores = metric.compute(target_lang="zh")
+    assert scores["bleu"] == pytest.approx(100.0) and "|tok:zh|" in scores["signature"]
+
+
+@pytest.mark.parametrize("texts, language", [
+    (["我用iPhone拍照。"], "zh"),  # one Latin word among four Han characters
+    (["the cat sat on the mat 猫"], None),
+    (["私は猫が好きです。"], "ja"),
+    (["나는 고양이를 좋아합니다."], "ko"),
+    (["hello world", None], None),  # None: a missing reference in a sacreBLEU stream
+])
+def test_detect_cjk_counts_characters_against_words(texts, language):
+    from adapt.metrics.generation import detect_cjk
+
+    assert detect_cjk(texts) == language
