@@ -4,7 +4,7 @@ reloaded four ways: `adapt predict`, `adapt eval --model`, `adapt export --merge
 (`pipeline` for classification; word-first-token argmax for NER, as adapt scores). Every way must give the
 real label names and the same predictions as the run's predictions_validation.jsonl.
 
-    .venv/bin/python benchmarks/lora_roundtrip.py [--workdir /tmp/lora_roundtrip] [--max-steps 30]
+    .venv/bin/python benchmarks/lora_roundtrip.py [--workdir /tmp/lora_roundtrip] [--max-steps 30] [--lr 1e-3]
 
 Prints one line per check, `matches/total`, and exits 1 if any differs."""
 
@@ -41,12 +41,17 @@ def emotion_csv(split: str, path: Path, limit: int) -> Path:
     return path
 
 
+def lr_flag(lr: float | None) -> list[str]:
+    return ["--lr", str(lr)] if lr else []
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def ner_tags_with_transformers(folder: Path, sentences: list[list[str]]) -> list[list[str]]:
-    """Word tags (each word's first sub-token, as adapt decodes) from the merged checkpoint, without adapt."""
+    """Word tags (each word's first sub-token, as adapt decodes, written as IOB2) from the merged checkpoint,
+    without adapt."""
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
@@ -61,8 +66,20 @@ def ner_tags_with_transformers(folder: Path, sentences: list[list[str]]) -> list
         for position, word in enumerate(enc.word_ids()):
             if word is not None:
                 first.setdefault(word, position)
-        tagged.append([model.config.id2label[ids[first[i]]] if i in first else "O" for i in range(len(words))])
+        tagged.append(iob2([model.config.id2label[ids[first[i]]] if i in first else "O" for i in range(len(words))]))
     return tagged
+
+
+def iob2(tags: list[str]) -> list[str]:
+    """Raw per-word argmax tags as valid IOB2, as every entity decoder reads them (seqeval's default mode,
+    conlleval): an I-X that does not continue an X entity starts one, so it is written B-X."""
+    fixed = []
+    for tag in tags:
+        previous = fixed[-1] if fixed else "O"
+        if tag.startswith("I-") and previous[2:] != tag[2:]:
+            tag = "B-" + tag[2:]
+        fixed.append(tag)
+    return fixed
 
 
 def report(name: str, got: list, want: list) -> bool:
@@ -72,7 +89,7 @@ def report(name: str, got: list, want: list) -> bool:
     return ok
 
 
-def classification(work: Path, steps: int) -> bool:
+def classification(work: Path, steps: int, lr: float | None) -> bool:
     from transformers import pipeline
 
     train = emotion_csv("train", work / "emotion_train.csv", 1200)
@@ -80,7 +97,7 @@ def classification(work: Path, steps: int) -> bool:
     run = work / "emotion_lora"
     adapt("finetune", "--recipe", "sentiment", "--data", str(train), "--validation", str(val), "--test", "",
           "--max-steps", str(steps), "--output-dir", str(run), "--overwrite", "peft.method=lora",
-          "data.label_names=null", "tracking=[]")
+          "data.label_names=null", "tracking=[]", *lr_flag(lr))
     rows = read_jsonl(run / "predictions_validation.jsonl")
     want = [r["prediction"] for r in rows]
     print(f"emotion LoRA: labels {json.loads((run / 'config.json').read_text())['id2label']}, "
@@ -99,13 +116,13 @@ def classification(work: Path, steps: int) -> bool:
     return ok
 
 
-def ner(work: Path, steps: int) -> bool:
+def ner(work: Path, steps: int, lr: float | None) -> bool:
     from transformers import pipeline
 
     run = work / "ner_lora"
     adapt("finetune", "--recipe", "ner", "--max-steps", str(steps), "--output-dir", str(run), "--overwrite",
           "peft.method=lora", "data.max_train_examples=2000", "data.max_eval_examples=200", "data.test=null",
-          "tracking=[]")
+          "tracking=[]", *lr_flag(lr))
     rows = read_jsonl(run / "predictions_validation.jsonl")
     want = [r["prediction"] for r in rows]
     print(f"NER LoRA: {len(json.loads((run / 'config.json').read_text())['id2label'])} tags, validation F1 "
@@ -131,15 +148,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="/tmp/lora_roundtrip")
     parser.add_argument("--max-steps", type=int, default=30)
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: each recipe's)")
     parser.add_argument("--only", choices=["classification", "ner"])
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     ok = True
     if args.only in (None, "classification"):
-        ok &= classification(work, args.max_steps)
+        ok &= classification(work, args.max_steps, args.lr)
     if args.only in (None, "ner"):
-        ok &= ner(work, args.max_steps)
+        ok &= ner(work, args.max_steps, args.lr)
     raise SystemExit(0 if ok else 1)
 
 

@@ -6,8 +6,8 @@ Each probe (benchmarks/probes/catalog.py) sets up its files in a fresh folder un
 `adapt` command as a subprocess and records the exit code, the first line printed, whether a traceback was
 printed, what was left in the output folder, and a verdict against the outcome it declares (exit 2 + one
 line + nothing written, or exit 0 with the RIGHT value). Tiny random models are built once into
-<out>/fixtures/. Writes <out>/probes.md and <out>/probes.json and prints the table. Exit code: 0 when every
-selected probe passes, 1 otherwise.
+<out>/fixtures/. Writes <out>/probes.md and <out>/probes.json and prints the table; a run with --only or
+--kind updates just its rows of the table already there. Exit code: 0 when every probe run passes, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -92,15 +92,25 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"[{number}/{len(probes)}] {row['verdict']:5s} {probe.kind} {probe.name} "
               f"(exit {row['exit']}, {row['seconds']}s): {row['detail'][:150]}", flush=True)
-    table = markdown(rows)
     elapsed = time.perf_counter() - started
-    (out / "probes.md").write_text(f"# adapt probe table (issue 15)\n\n{table}\nWall time: {elapsed:.0f} s.\n")
+    fresh_rows = list(rows)
+    previous = out / "probes.json"
+    if (args.only or args.kind) and previous.exists():  # a partial re-run updates its rows of the last table
+        fresh = {r["name"]: r for r in rows}
+        kept = {r["name"]: r for r in json.loads(previous.read_text())["probes"]}
+        kept.update(fresh)
+        order = [p.name for p in PROBES]
+        rows = sorted(kept.values(), key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+        print(f"updated {len(fresh)} rows of the table in {previous}")
+    table = markdown(rows)
+    (out / "probes.md").write_text(f"# adapt probe table (issue 15)\n\n{table}\n"
+                                   f"Wall time of the last run ({len(fresh_rows)} probes): {elapsed:.0f} s.\n")
     (out / "probes.json").write_text(json.dumps({"probes": rows, "wall_seconds": round(elapsed, 1)}, indent=2,
                                                 ensure_ascii=False) + "\n")
     print()
     print(table)
     print(f"written to {out / 'probes.md'} and {out / 'probes.json'} ({elapsed:.0f} s)")
-    return 0 if all(r["verdict"] == "PASS" for r in rows) else 1
+    return 0 if all(r["verdict"] == "PASS" for r in fresh_rows) else 1
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from adapt.errors import AdaptError
 from adapt.recipe import PeftConfig, resolve_recipe
 from adapt.tasks import get_task
 from conftest import run_tiny_finetune, sentiment_rows, write_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from lora_roundtrip import ner_tags_with_transformers  # noqa: E402  (decoding without adapt)
 
 NEUTRAL = ["a film", "it is a movie", "the film was shown on tuesday", "a story about a town", "two hours long",
            "it has actors", "a sequel", "shot in colour", "released in may", "a drama"]
@@ -58,8 +62,10 @@ def test_lora_three_labels_reload_gives_the_validation_predictions(lora_three_la
     rows = read_jsonl(lora_three_labels / "predictions_validation.jsonl")
     task, model = load_trained(str(lora_three_labels))
     assert task.label_names == ["negative", "neutral", "positive"]
-    predicted = [p["label"] for p in predict_stream(task, model, [r["text"] for r in rows])]
-    assert predicted == [r["prediction"] for r in rows]
+    predicted = list(predict_stream(task, model, [r["text"] for r in rows]))
+    assert [p["label"] for p in predicted] == [r["prediction"] for r in rows]
+    # the same model, not a near one: the run scored its saved weights (fp32 base and adapter, no bf16 rounding)
+    assert [p["score"] for p in predicted] == pytest.approx([r["score"] for r in rows], abs=1e-7)
 
 
 def test_lora_three_labels_cli_predict_eval_and_merged_pipeline(lora_three_labels, tmp_path):
@@ -121,28 +127,9 @@ def test_lora_ner_reload_predict_and_merged_pipeline(tiny_bert, tmp_path):
     merged = merge_adapter(str(run), str(tmp_path / "merged"))
     config = json.loads((merged / "config.json").read_text())
     assert config["id2label"] == {"0": "O", "1": "B-LOC", "2": "B-PER"}
-    assert tags_with_transformers(merged, [r["tokens"] for r in rows]) == [r["prediction"] for r in rows]
+    assert ner_tags_with_transformers(merged, [r["tokens"] for r in rows]) == [r["prediction"] for r in rows]
     found = pipeline("token-classification", model=str(merged))(" ".join(rows[0]["tokens"]))
     assert {e["entity"] for e in found} <= {"B-LOC", "B-PER"}  # real names, never LABEL_1
-
-
-def tags_with_transformers(folder: Path, sentences: list[list[str]]) -> list[list[str]]:
-    """Word tags (each word's first sub-token) from a plain transformers checkpoint, without adapt."""
-    from transformers import AutoModelForTokenClassification, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForTokenClassification.from_pretrained(folder).eval()
-    tagged = []
-    for words in sentences:
-        enc = tokenizer(words, is_split_into_words=True, return_tensors="pt")
-        with torch.no_grad():
-            ids = model(**enc).logits[0].argmax(-1).tolist()
-        first: dict[int, int] = {}
-        for position, word in enumerate(enc.word_ids()):
-            if word is not None:
-                first.setdefault(word, position)
-        tagged.append([model.config.id2label[ids[first[i]]] for i in range(len(words))])
-    return tagged
 
 
 def test_seq2seq_lora_run_folder_predicts_like_its_validation(tiny_bert, tmp_path):

@@ -97,7 +97,8 @@ def test_null_and_empty_words_and_sentences_are_errors(tmp_path):
     path.write_text(json.dumps({"tokens": ["a", None], "ner_tags": ["O", "O"]}) + "\n")
     with pytest.raises(AdaptError, match=r"bad\.jsonl: (example|line) 1, word 2: the word is empty"):
         make_task("ner", ("data.train", str(path))).read_source(str(path), "train")
-    path.write_text(json.dumps({"tokens": ["a"], "ner_tags": ["O"]}) + "\n" + json.dumps({"tokens": ["b"], "ner_tags": [None]}) + "\n")
+    rows = [{"tokens": ["a"], "ner_tags": ["O"]}, {"tokens": ["b"], "ner_tags": [None]}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(AdaptError, match=r"bad\.jsonl: (example|line) 2, word 1: tag 'None' has no known shape"):
         make_task("ner", ("data.train", str(path))).read_source(str(path), "train")
     path.write_text(json.dumps({"tokens": [], "ner_tags": []}) + "\n")
@@ -163,8 +164,9 @@ def test_byte_level_bpe_words_keep_their_leading_space(tmp_path, cls_name):
     from transformers import AutoTokenizer
 
     again = AutoTokenizer.from_pretrained(tmp_path / "saved")
-    assert again(["lives"], is_split_into_words=True)["input_ids"] == tokenizer(["lives"], is_split_into_words=True)["input_ids"]
-    assert "Ġlives" in again.convert_ids_to_tokens(again(["lives"], is_split_into_words=True)["input_ids"])
+    ids = again(["lives"], is_split_into_words=True)["input_ids"]
+    assert ids == tokenizer(["lives"], is_split_into_words=True)["input_ids"]
+    assert "Ġlives" in again.convert_ids_to_tokens(ids)
 
 
 # ---- causal LM: plain text and prompt/completion pairs ------------------------------------------------------
@@ -359,10 +361,22 @@ def test_seq2seq_several_reference_columns_score_together(tmp_path):
 
 def test_seq2seq_null_target_or_source_names_the_line(tmp_path):
     path = tmp_path / "pairs.jsonl"
-    path.write_text(json.dumps({"source": "x", "target": "y"}) + "\n" + json.dumps({"source": "x", "target": None}) + "\n")
+    rows = [{"source": "x", "target": "y"}, {"source": "x", "target": None}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     task = make_task("summarize", tokenizer=None)
     with pytest.raises(AdaptError, match=r"pairs\.jsonl: line 2: 'target' is null or empty"):
         task.read_source(str(path), "train")
     path.write_text(json.dumps({"source": [], "target": "y"}) + "\n")
     with pytest.raises(AdaptError, match=r"pairs\.jsonl: line 1: 'source' is empty"):
         task.read_source(str(path), "train")
+
+
+def test_integer_tags_named_in_bioes_become_iob2_labels(tmp_path, capsys):
+    path = tmp_path / "ids.jsonl"
+    path.write_text(json.dumps({"tokens": ["Ann", "in", "New", "York"], "ner_tags": [1, 0, 2, 3]}) + "\n")
+    task = make_task("ner", ("data.train", str(path)), ("data.validation", str(path)),
+                     ("data.label_names", ["O", "S-PER", "B-LOC", "E-LOC"]), tokenizer=None)
+    splits = task.load_splits()
+    assert splits["train"]["tags"] == [["B-PER", "O", "B-LOC", "I-LOC"]]
+    assert task.label_names == ["O", "B-LOC", "B-PER", "I-LOC"]
+    assert "tags are in the BIOES scheme; converted to IOB2" in capsys.readouterr().err

@@ -91,9 +91,19 @@ def iob1(sentences: list[list[str]]) -> list[list[str]]:
 SHAKESPEARE = (DATA / "tiny_shakespeare" / "input.txt").read_text(encoding="utf-8")[:6000]
 S2S = [{"source": f"{t} and the audience agreed", "target": t} for t, _ in SENT]
 S2S_TRAIN, S2S_VAL = jsonl(S2S[:30]), jsonl(S2S[30:36])
-SQUAD = json.loads((DATA / "squad_v1" / "dev-v1.1.json").read_text(encoding="utf-8"))
-SQUAD_SMALL = json.dumps({"version": "1.1", "data": [
-    {"title": a["title"], "paragraphs": a["paragraphs"][:2]} for a in SQUAD["data"][:6]]})
+
+
+def short_qa() -> str:
+    """40 one-sentence contexts of different lengths (so evaluation windows are padded), one answer each."""
+    rows = []
+    for i, (text, _) in enumerate(SENT):
+        context, answer = f"{text}, wrote critic number {i} in a review.", f"critic number {i}"
+        rows.append({"id": str(i), "title": f"review {i}", "question": "Who wrote the review?", "context": context,
+                     "answers": {"text": [answer], "answer_start": [context.index(answer)]}})
+    return jsonl(rows)
+
+
+SHORT_QA = short_qa()
 
 
 def compressed(compress, text: str, cut: float | None = None) -> bytes:
@@ -178,6 +188,15 @@ def find(value, key: str):
     return None
 
 
+SCORE_TOLERANCE = 1e-3  # bf16 training vs an fp32 reload
+
+
+def max_gap(a: list, b: list) -> float:
+    if len(a) != len(b) or any(x is None for x in a):
+        return float("inf")
+    return max((abs(x - y) for x, y in zip(a, b)), default=0.0)
+
+
 def labels_match_validation(names: set[str], run: str = "out"):
     """`adapt predict` on the validation texts gives the run's own validation predictions, by name."""
     def check(ctx: Ctx):
@@ -188,7 +207,12 @@ def labels_match_validation(names: set[str], run: str = "out"):
         if predicted != saved:
             same = sum(a == b for a, b in zip(predicted, saved))
             return False, f"{same}/{len(saved)} predictions equal predictions_validation.jsonl"
-        return True, f"{len(saved)}/{len(saved)} equal, names {sorted(set(predicted))}"
+        # the scores too: a head re-initialised on reload could still pick the same majority label
+        gap = max_gap([r.get("score") for r in ctx.jsonl_out()],
+                      [r["score"] for r in read_jsonl(ctx.dir / run / "predictions_validation.jsonl")])
+        if gap > SCORE_TOLERANCE:
+            return False, f"labels equal but scores differ by up to {gap:.3g}"
+        return True, f"{len(saved)}/{len(saved)} equal (scores within {gap:.1e}), names {sorted(set(predicted))}"
     return check
 
 
@@ -228,9 +252,11 @@ def merged_export_matches(names: set[str]):
             return False, f"merged config id2label {sorted(labels)} != {sorted(names)}"
         classify = pipeline("text-classification", model=str(ctx.dir / "merged"), device="cpu")
         rows = read_jsonl(ctx.out / "predictions_validation.jsonl")
-        predicted = [p["label"] for p in classify([r["text"] for r in rows])]
-        saved = [r["prediction"] for r in rows]
-        return predicted == saved, f"pipeline: {sum(a == b for a, b in zip(predicted, saved))}/{len(saved)} equal"
+        outputs = classify([r["text"] for r in rows])
+        predicted, saved = [p["label"] for p in outputs], [r["prediction"] for r in rows]
+        gap = max_gap([p["score"] for p in outputs], [r["score"] for r in rows])
+        ok = predicted == saved and gap <= SCORE_TOLERANCE
+        return ok, f"pipeline: {sum(a == b for a, b in zip(predicted, saved))}/{len(saved)} equal, scores within {gap:.1e}"
     return check
 
 
@@ -239,6 +265,23 @@ def score(metric: str, key: str, expected: float, tolerance: float = 1e-6):
         got = find((ctx.json_out() or {}).get("scores", {}).get(metric), key)
         return (got is not None and abs(got - expected) <= tolerance), f"{metric} {key} = {got} (right: {expected})"
     return check
+
+
+def all_entities_match(entities: int):
+    """F1 1.0 counted over every entity of the file (per-type supports add up), not only the valid-IOB2 ones."""
+    def check(ctx: Ctx):
+        scores = (ctx.json_out() or {}).get("scores", {}).get("seqeval", {})
+        support = sum(v.get("support", 0) for v in scores.get("per_type", {}).values())
+        ok = scores.get("f1") == 1.0 and support == entities
+        return ok, f"f1 {scores.get('f1')} over {support} entities (the files hold {entities})"
+    return check
+
+
+def references_are_iob2(ctx: Ctx):
+    """The reference tags the run recorded read as IOB2: no entity starts with I-."""
+    starts = [t for r in read_jsonl(ctx.out / "predictions_validation.jsonl") for i, t in enumerate(r["tags"])
+              if t.startswith("I-") and (i == 0 or r["tags"][i - 1][2:] != t[2:])]
+    return not starts, "reference tags are IOB2" if not starts else f"{len(starts)} entities still start with I-"
 
 
 def seqeval_default_of(references: list[list[str]], predictions: list[list[str]]):
@@ -396,6 +439,13 @@ def remote_code_in_run(ctx: Ctx) -> None:
     (ctx.out / "recipe.yaml").write_text(recipe.replace("trust_remote_code: false", "trust_remote_code: true"))
 
 
+def parquet_with_nan_label(ctx: Ctx) -> None:
+    import pandas as pd
+
+    labels = [float(i % 2) if i != 5 else float("nan") for i in range(len(SENT))]
+    pd.DataFrame({"text": [t for t, _ in SENT], "label": labels}).to_parquet(ctx.dir / "d.parquet")
+
+
 def not_a_run(ctx: Ctx) -> None:
     ctx.out.mkdir()
     (ctx.out / "thesis.tex").write_text("\\documentclass{article} four years of work\n")
@@ -464,10 +514,10 @@ PROBES: list[Probe] = [
           Succeed(eval_equals_saved_seqeval, "exit 0, f1 = seqeval on saved predictions"), setup=shared("lora_ner")),
     Probe("iob1_identical_files", "A", "identical IOB1 tag files (entities start with I-)",
           ["{adapt}", "eval", "--metric", "seqeval", "-p", "tags.txt", "-r", "tags.txt", "--json"],
-          Succeed(score("seqeval", "f1", 1.0), "exit 0, f1 1.0"), files={"tags.txt": tags_file(IOB1_REF)}),
+          Succeed(all_entities_match(5), "exit 0, f1 1.0 over all 5 entities"), files={"tags.txt": tags_file(IOB1_REF)}),
     Probe("bioes_identical_files", "A", "identical BIOES tag files",
           ["{adapt}", "eval", "--metric", "seqeval", "-p", "tags.txt", "-r", "tags.txt", "--json"],
-          Either(Succeed(score("seqeval", "f1", 1.0), "exit 0, f1 1.0"), Refuse(("tags.txt",))),
+          Either(Succeed(all_entities_match(4), "exit 0, f1 1.0 over all 4 entities"), Refuse(("tags.txt",))),
           files={"tags.txt": tags_file(BIOES_REF)}),
     Probe("seqeval_default_mode", "A", "I- starting entities: headline F1 must equal seqeval's default mode",
           ["{adapt}", "eval", "--metric", "seqeval", "-p", "pred.txt", "-r", "ref.txt", "--json"],
@@ -475,17 +525,14 @@ PROBES: list[Probe] = [
           files={"pred.txt": tags_file(LENIENT_PRED), "ref.txt": tags_file(LENIENT_REF)}),
     Probe("iob1_conll_finetune", "A", "NER trained on an IOB1 CoNLL file: converted to IOB2 or refused",
           ft("--recipe", "ner", "--data", "train.conll", "--validation", "val.conll", "data.test=null"),
-          Either(Succeed(lambda ctx: (all(not (t.startswith("I-") and (i == 0 or r["tags"][i - 1][2:] != t[2:]))
-                                          for r in read_jsonl(ctx.out / "predictions_validation.jsonl")
-                                          for i, t in enumerate(r["tags"])), "reference tags are IOB2"),
-                         "exit 0, read as IOB2"), Refuse(("train.conll", "val.conll"))),
+          Either(Succeed(references_are_iob2, "exit 0, read as IOB2"), Refuse(("train.conll", "val.conll"))),
           files={"train.conll": conll(iob1(conll_sentences("train.txt", 48))),
                  "val.conll": conll(iob1(NER_VAL_SENTENCES))}),
     Probe("float_scores_as_labels", "A", "scores 0.00-4.99 as the label column (a regression dataset)",
           ft("--data", "scores.csv"),
           Either(Succeed(lambda ctx: (config(ctx).get("problem_type") == "regression" or config(ctx).get("num_labels") == 1,
                                       f"problem_type {config(ctx).get('problem_type')}, {len(config(ctx).get('id2label', {}))} labels"),
-                         "exit 0 as regression"), Refuse(("scores.csv",))),
+                         "exit 0 as regression"), Refuse(("scores.csv",), ("regression", "continuous"))),
           files={"scores.csv": table(FLOATS)}),
     Probe("empty_label_cell", "A", "a CSV row with an empty label cell",
           ft("--data", "d.csv"), Refuse(("d.csv",), ("line 4",)),
@@ -499,9 +546,7 @@ PROBES: list[Probe] = [
                                   + [{"text": t, "label": l} for t, l in SENT[2:20]])}),
     Probe("nan_label_parquet", "A", "a Parquet file whose float label column holds a NaN",
           ft("--data", "d.parquet"), Refuse(("d.parquet",)),
-          setup=lambda ctx: __import__("pandas").DataFrame(
-              {"text": [t for t, _ in SENT], "label": [float(i % 2) if i != 5 else float("nan") for i in range(40)]}
-          ).to_parquet(ctx.dir / "d.parquet")),
+          setup=parquet_with_nan_label),
     Probe("labels_1_and_1.0", "A", "labels written 1, 1.0, 0, 0.0: two classes, not four",
           ft("--data", "d.csv"), Succeed(id2label({"negative", "positive"}), "exit 0, 2 classes"),
           files={"d.csv": table(MIXED_ONE)}),
@@ -574,8 +619,8 @@ PROBES: list[Probe] = [
           files={"d.csv": TRAIN.encode("utf-16")}),
     Probe("latin1_csv", "B", "a Latin-1 CSV with an accented word", ft("--data", "d.csv"), Refuse(("d.csv",), ("line 3",)),
           files={"d.csv": ("text,label\ngreat,positive\nun film affreux et très mauvais,negative\n").encode("latin-1")}),
-    Probe("recipe_is_directory", "B", "--recipe pointing at a directory", ft("--recipe", "recipes_dir"),
-          Refuse(("recipes_dir",)), setup=lambda ctx: (ctx.dir / "recipes_dir").mkdir()),
+    Probe("recipe_is_directory", "B", "--recipe naming a directory (my_recipe.yaml/)", ft("--recipe", "my_recipe.yaml"),
+          Refuse(("my_recipe.yaml",)), setup=lambda ctx: (ctx.dir / "my_recipe.yaml").mkdir()),
     Probe("recipe_not_utf8", "B", "a recipe YAML in Latin-1", ft("--recipe", "r.yaml"), Refuse(("r.yaml",)),
           files={"r.yaml": "description: critiques de films très courtes\ntask: classification\nmodel: x\n".encode("latin-1")}),
     Probe("recipe_bad_yaml", "B", "a recipe YAML that does not parse", ft("--recipe", "r.yaml"), Refuse(("r.yaml",)),
@@ -723,11 +768,11 @@ PROBES: list[Probe] = [
           ["{adapt}", "eval", "--model", "out", "--data", "val.csv", "--output", "report.json"],
           Succeed(lambda ctx: ("terrible" in (ctx.dir / "report.json").read_text(), "rows in report.json"),
                   "exit 0, rows in --output"), setup=shared("cls")),
-    Probe("qa_short_inputs_no_warning", "E", "QA on short SQuAD articles prints no RuntimeWarning",
-          ft("--recipe", "qa", "--data", "squad.json", "train.max_length=128", "task_options.doc_stride=32", steps=1),
+    Probe("qa_short_inputs_no_warning", "E", "QA on short contexts (padded windows) prints no RuntimeWarning",
+          ft("--recipe", "qa", "--data", "qa.jsonl", "train.max_length=64", "task_options.doc_stride=16", steps=1),
           Succeed(lambda ctx: ("RuntimeWarning" not in ctx.result.output, "no RuntimeWarning" if "RuntimeWarning"
                                not in ctx.result.output else "RuntimeWarning printed"), "exit 0, no warning"),
-          files={"squad.json": SQUAD_SMALL}, timeout=300),
+          files={"qa.jsonl": SHORT_QA}),
 
     # ---- F: other model families ----
     Probe("llama_sampling_generation_config", "F", "full FT of a Llama whose generation config has temperature/top_p without do_sample",
@@ -794,7 +839,7 @@ PROBES: list[Probe] = [
     Probe("label_names_differ", "G", "labels neg/pos with the sentiment recipe's label_names negative/positive",
           ft("--data", "d.csv"),
           Either(Succeed(id2label({"neg", "pos"}), "exit 0 with classes neg/pos"),
-                 Refuse(("data.label_names",), ("neg",))),
+                 Refuse(("data.label_names",), ("'neg'", "neg,", "(neg", "[neg"), forbid=("never appears in train",))),
           files={"d.csv": table([(t, l[:3]) for t, l in SENT])}),
 ]
 

@@ -101,13 +101,14 @@ Check = Callable[[Ctx], tuple[bool, str]]
 
 
 class Refuse:
-    """exit 2 + one line `error: ...` containing every fragment (a tuple = any one of its strings) + nothing
-    written. Informational `note:` lines beside the error are tolerated and reported. `written` relaxes
+    """exit 2 + one line `error: ...` containing every fragment (a tuple = any one of its strings) and none
+    of the `forbid` phrases + nothing written. Informational `note:` lines beside the error are tolerated and reported. `written` relaxes
     "nothing": "no-final-model" allows an output folder without final weights (a run stopped in training)."""
 
-    def __init__(self, *fragments, written: str = "nothing"):
+    def __init__(self, *fragments, written: str = "nothing", forbid: tuple = ()):
         self.fragments = fragments
         self.written = written
+        self.forbid = forbid  # phrases of a message that blames the wrong cause
         self.label = "exit 2 + one line + nothing written"
 
     def judge(self, ctx: Ctx) -> tuple[bool, str]:
@@ -122,6 +123,9 @@ class Refuse:
             options = fragment if isinstance(fragment, tuple) else (fragment,)
             if not any(str(o).format_map(ctx.fmt).lower() in message for o in options):
                 return False, f"message lacks {' or '.join(repr(o) for o in options)}"
+        wrong = [phrase for phrase in self.forbid if phrase.lower() in message]
+        if wrong:
+            return False, f"message blames the wrong cause ({wrong[0]!r})"
         ok, written = judge_written(ctx, self.written)
         return ok, written + detail
 
@@ -221,6 +225,17 @@ def snapshot(folder: Path) -> dict:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+def left_on_disk(ctx: Ctx) -> str:
+    """The output folder after the command: "nothing", "old output intact/changed", or a listing."""
+    if ctx.before_snapshot is not None:
+        after = snapshot(ctx.out)
+        if after == ctx.before_snapshot:
+            return "old output intact"
+        changed = sorted({k for k, _ in set(after.items()) ^ set(ctx.before_snapshot.items())})
+        return f"old output changed: {', '.join(changed[:4])}" + (f" +{len(changed) - 4}" if len(changed) > 4 else "")
+    return describe_dir(ctx.out)
+
+
 def describe_dir(folder: Path, limit: int = 6) -> str:
     if not folder.exists():
         return "nothing"
@@ -293,7 +308,7 @@ def run_probe(probe: Probe, folder: Path, fx, fmt: dict, env: dict) -> dict:
     shown = argv[2] if probe.shell else shlex.join(argv)
     row.update(command=shown.replace(str(folder) + "/", "").replace(fmt["adapt"], "adapt"),
                exit=ctx.result.code, first_line=ctx.result.first_line[:300], traceback=traceback,
-               left=describe_dir(ctx.out), verdict="PASS" if ok else "FAIL", detail=detail,
+               left=left_on_disk(ctx), verdict="PASS" if ok else "FAIL", detail=detail,
                seconds=round(ctx.result.seconds, 1))
     (folder / "stdout.txt").write_text(ctx.result.stdout)
     (folder / "stderr.txt").write_text(ctx.result.stderr)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from adapt import batching, preflight
+from adapt import batching
 from adapt.recipe import Recipe
 from adapt.runs import format_duration
 
@@ -71,8 +71,7 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     precision = mixed_precision_mode(cfg.mixed_precision)
     set_seed(cfg.seed)
     # the same loading and cache keys as `adapt finetune`, so the run that follows reuses these features
-    task, model_path, raw, features = load_task_data(recipe, accelerator)
-    preflight.check_run(recipe, task, model_path, raw, output=False)  # what would stop the run stops the estimate
+    task, model_path, raw, features = load_task_data(recipe, accelerator, output=False)  # what stops a run stops the estimate
     train_lengths = batching.example_lengths(features["train"])
 
     steps, total_micro = batching.optimizer_steps(len(train_lengths), cfg)

@@ -127,12 +127,10 @@ def inspect_recipe(recipe) -> tuple[dict[str, Any], dict[str, list[int]]]:
     and preflight checks, through `adapt.train.load_task_data` and `adapt.preflight.check_run`) and inspect them."""
     from accelerate.state import AcceleratorState
 
-    from adapt import preflight
     from adapt.train import load_task_data, make_accelerator
 
     AcceleratorState._reset_state()
-    task, model_path, splits, _ = load_task_data(recipe, make_accelerator())
-    preflight.check_run(recipe, task, model_path, splits, output=False)
+    task, model_path, splits, _ = load_task_data(recipe, make_accelerator(), output=False)
     tokenizer = task.tokenizer
     cfg = recipe.data
     sources = {"train": cfg.train,

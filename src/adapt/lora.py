@@ -5,6 +5,8 @@ only, and merging an adapter into a plain checkpoint."""
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from adapt.errors import AdaptError
@@ -12,6 +14,15 @@ from adapt.recipe import PeftConfig
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLED_ADAPTER_WEIGHTS = "adapter_model.bin"
+
+
+@contextmanager
+def quiet_peft():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning on every wrap and load
+    that says nothing to adapt's users)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def peft_task_type(task) -> str | None:
@@ -100,7 +111,8 @@ def wrap_with_peft(model, cfg: PeftConfig, task):
 
     config = peft_config(model, cfg, task)
     try:
-        wrapped = peft.get_peft_model(model, config)
+        with quiet_peft():
+            wrapped = peft.get_peft_model(model, config)
     except ValueError as err:
         text = str(err)
         if "not found in the base model" in text or "target_modules" in text:
@@ -124,6 +136,24 @@ def save_adapter_extras(model, folder: Path) -> None:
     base.config.save_pretrained(folder)
     if base.can_generate() and getattr(base, "generation_config", None) is not None:
         base.generation_config.save_pretrained(folder)
+
+
+def restore_frozen_weights(model, fresh) -> None:
+    """Copy into the frozen (base) weights of the peft `model` the values of `fresh`, the same base model newly
+    built from its checkpoint. A bf16-master run rounds the frozen weights to bf16 for training; the adapter
+    folder reloads them from the checkpoint in full precision, so the run's final scores and predictions must
+    come from those values to be what a reload gives."""
+    import torch
+
+    values = {**dict(fresh.named_parameters()), **dict(fresh.named_buffers())}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                continue
+            key = name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".original_module.", ".")
+            source = values.get(key)
+            if source is not None and source.shape == param.shape:
+                param.copy_(source.to(param.dtype))
 
 
 def check_adapter_weights(folder: Path) -> None:
@@ -161,7 +191,8 @@ def load_adapter_model(path: str, task):
                          "model's folder or Hub id")
     model = task.adapter_base_model(folder, base)
     try:
-        model = peft.PeftModel.from_pretrained(model, str(folder))
+        with quiet_peft():
+            model = peft.PeftModel.from_pretrained(model, str(folder))
     except RuntimeError as err:  # size mismatch: an adapter saved without its config (labels) beside it
         raise AdaptError(f"{folder}: the adapter does not fit its base model {base} ({str(err).splitlines()[-1].strip()}); "
                          "the folder needs the config.json `adapt finetune` writes beside the adapter (labels, "

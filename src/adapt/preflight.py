@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -260,9 +259,6 @@ def check_run(recipe, task, model_path: str, raw: dict | None = None, *, output:
         raw: the raw splits (name -> Dataset), which tell the causal-LM task which length setting applies.
         output: also check the output directory (False for `adapt estimate` / `adapt data inspect`).
 
-    When all checks pass, the recipe's `data_note` (which data the run trains, validates and tests on, set
-    when the command line gave the training data) is printed on stderr.
-
     Raises:
         AdaptError: one line naming the field and the fix.
     """
@@ -278,8 +274,6 @@ def check_run(recipe, task, model_path: str, raw: dict | None = None, *, output:
         with warnings.catch_warnings():  # the real wrap, after this dry run, shows any warning once
             warnings.simplefilter("ignore")
             wrap_with_peft(model, recipe.peft, task)
-    if recipe.data_note and os.environ.get("RANK", "0") == "0":  # all checks passed: say what will be scored
-        print(recipe.data_note, file=sys.stderr)
 
 
 def model_config(recipe, model_path: str):

@@ -313,7 +313,7 @@ def resolve_with_flags(name_or_path: str, flags: dict[str, Any], overrides: list
     carved from the new training data, and there is no test split, unless the command line also gives
     --validation / --test (or data.validation= / data.test=). Whenever the command line sets the training
     data, the recipe carries a one-line note of the data the run scores (`Recipe.data_note`), which
-    `adapt.preflight.check_run` prints once every check has passed (so that a refused run prints only its error)."""
+    `adapt.train` prints once every check has passed (so that a refused run prints only its error)."""
     pairs = [(FLAG_KEYS[k], v) for k, v in flags.items() if v is not None]
     pairs += parse_overrides(list(overrides or []))
     raw, source = load_recipe_dict(name_or_path)

@@ -291,6 +291,8 @@ def prepare(plan: RunPlan) -> None:
     if plan.staging.exists():  # a replacement that never finished
         shutil.rmtree(plan.staging)
     clean_stale_temporaries(plan.output_dir)
+    if plan.mode == "restart":  # the dead attempt's best weights must not stand in for this run's
+        shutil.rmtree(plan.output_dir / "checkpoints", ignore_errors=True)
     plan.work_dir.mkdir(parents=True, exist_ok=True)
 
 

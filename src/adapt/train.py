@@ -8,6 +8,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from contextlib import nullcontext
@@ -164,13 +165,17 @@ def featurize_splits(task: Task, raw: dict[str, Dataset], tokenizer_id: str, acc
     return features
 
 
-def load_task_data(recipe: Recipe, accelerator: Accelerator) -> tuple[Task, str, dict[str, Dataset], dict[str, Dataset]]:
-    """(task, local model path, raw splits, tokenized features): everything a run knows before its model."""
+def load_task_data(recipe: Recipe, accelerator: Accelerator, output: bool = True) -> tuple[Task, str, dict[str, Dataset], dict[str, Dataset]]:
+    """(task, local model path, raw splits, tokenized features): everything a run knows before its model.
+    The raw data is read and validated, then every other check that needs no weights runs
+    (`preflight.check_run`; `output=False` skips the output-directory check, for inspect and estimate),
+    and only then is the data tokenized. Raises AdaptError."""
     task = get_task(recipe)
     model_path = assets.resolve_model_path(recipe.model)
     tokenizer_path = assets.resolve_model_path(recipe.tokenizer) if recipe.tokenizer else model_path
     task.load_tokenizer(tokenizer_path)
     raw = task.load_splits()
+    preflight.check_run(recipe, task, model_path, raw, output=output)
     return task, model_path, raw, featurize_splits(task, raw, tokenizer_path, accelerator)
 
 
@@ -362,13 +367,14 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
     for notice in plan.notices:
         accelerator.print(notice)
 
-    task, model_path, raw, features = load_task_data(recipe, accelerator)
-    preflight.check_run(recipe, task, model_path, raw)  # all else knowable before the first write
+    task, model_path, raw, features = load_task_data(recipe, accelerator)  # data, settings and model limits checked
     t_data = time.perf_counter() - t_start
     model = build_training_model(task, model_path, recipe)
     run = run_description(recipe, raw, world)
     if plan.mode == "resume":
         check_resumable(plan.checkpoint, run, accelerator.print)
+    if recipe.data_note and is_main:  # every check passed: say which data the run scores (the command line set it)
+        print(recipe.data_note, file=sys.stderr)
 
     # Only now, with data, settings and model known good, is the output directory touched.
     log_path = work_dir / "train_log.jsonl"
@@ -624,6 +630,10 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
     })
     check_finite(reduce_window()[0])
     weights.finalize(unwrapped)
+    if precision == "bf16-master" and recipe.peft:  # the frozen base was rounded to bf16; an adapter reloads it
+        from adapt.lora import restore_frozen_weights  # from the checkpoint, in full precision
+
+        restore_frozen_weights(unwrapped, task.build_model(model_path))
     if precision != "no":  # evaluation ran in bf16/fp16 but fp32 weights are saved: score what is saved, so the
         # run's metrics and predictions_validation.jsonl are what reloading the run (adapt predict/eval) gives
         final["validation"], val_predictions = evaluate(task, model, features["validation"], raw["validation"],

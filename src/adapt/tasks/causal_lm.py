@@ -105,7 +105,8 @@ class CausalLM(Task):
             for column in (o.prompt_column, o.completion_column):
                 for row, value in enumerate(ds[column]):
                     if not isinstance(value, str) or not value.strip():
-                        what = "null" if value is None else "empty" if isinstance(value, str) else f"not text ({value!r})"
+                        what = ("null" if value is None else "empty" if isinstance(value, str)
+                                else f"not text ({value!r})")
                         raise AdaptError(f"{source}: {data.row_location(source, row)}: '{column}' is {what}; every "
                                          "prompt/completion pair needs text in both (fix or remove that line)")
             renames = {o.prompt_column: "prompt", o.completion_column: "completion"}
