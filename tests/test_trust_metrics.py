@@ -241,3 +241,99 @@ def test_detect_cjk_counts_characters_against_words(texts, language):
     from adapt.metrics.generation import detect_cjk
 
     assert detect_cjk(texts) == language
+
+
+# ---- `adapt eval --metric perplexity --model X`: models loaded as `adapt predict` loads them ----------------
+def tiny_causal_lm(folder: Path, eos: bool = False) -> Path:
+    """A 1-layer GPT-2 over a 10-word vocabulary (with an `<eos>` token when `eos`: what `adapt finetune`
+    of the clm recipe needs)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = ["<unk>", *"the cat sat on a mat and dog ran".split(), *(["<eos>"] if eos else [])]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    special = {"eos_token": "<eos>", "pad_token": "<eos>"} if eos else {}
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", **special).save_pretrained(folder)
+    end = len(words) - 1 if eos else 0
+    config = GPT2Config(vocab_size=len(words), n_positions=16, n_embd=8, n_layer=1, n_head=2, bos_token_id=end,
+                        eos_token_id=end)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_perplexity_model_that_cannot_load_is_one_line_exit_2(tiny_gpt2, tiny_bert, tiny_run, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    text = write_lines(tmp_path / "t.txt", ["the cat sat on a mat", "and the dog ran on the mat"])
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_gpt2, pickled)
+    torch.save(load_file(str(pickled / "model.safetensors")), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    remote = tmp_path / "remote"
+    shutil.copytree(tiny_gpt2, remote)
+    config = json.loads((remote / "config.json").read_text())
+    config.update(model_type="custom_lm", auto_map={"AutoConfig": "modeling_custom.CustomConfig",
+                                                     "AutoModelForCausalLM": "modeling_custom.CustomLM"})
+    (remote / "config.json").write_text(json.dumps(config))
+    (remote / "modeling_custom.py").write_text("raise SystemExit('shipped code ran')\n")
+    seq2seq = tmp_path / "bart"
+    shutil.copytree(tiny_gpt2, seq2seq)
+    (seq2seq / "model.safetensors").unlink()
+    BartForConditionalGeneration(BartConfig(vocab_size=10, d_model=8, encoder_layers=1, decoder_layers=1,
+                                            encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=8,
+                                            decoder_ffn_dim=8, max_position_embeddings=16)).save_pretrained(seq2seq)
+    run_dir = tiny_run[0]
+    cases = [
+        (tmp_path / "missing", f"error: --model {tmp_path / 'missing'}: no such folder; give a causal LM folder"),
+        (pickled, f"error: {pickled}: holds only pickle weights (*.bin), and adapt loads safetensors only"),
+        (remote, f"error: {remote}: its model type needs code shipped with the checkpoint"),
+        (seq2seq, f"error: {seq2seq} is an encoder-decoder (seq2seq) model (model type bart), not a causal LM"),
+        (run_dir, f"error: {run_dir} holds a classification model (its recipe.yaml), not a causal LM"),
+        (tiny_bert, f"error: {tiny_bert}: its predictions read later tokens (model type bert is a bidirectional "
+                    "encoder, not a causal LM)"),
+    ]
+    for model, message in cases:
+        result = run("-m", "perplexity", "--model", str(model), "--text-file", text, "--max-length", "8")
+        assert result.exit_code == 2, (model, result.output)
+        # in-process runs show transformers' weight-loading progress bar, which the CLI turns off
+        lines = [line for line in result.stderr.replace("\r", "\n").splitlines()
+                 if line.strip() and not line.startswith("Loading weights")]
+        assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+        assert "Traceback" not in result.output
+
+
+def test_perplexity_of_a_lora_clm_run_is_the_adapted_model(tmp_path, adapt_cache):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = tiny_causal_lm(tmp_path / "base", eos=True)
+    train = write_lines(tmp_path / "train.txt", ["the cat sat on a mat and the dog ran on the mat"] * 8
+                        + ["", "a dog sat on the cat and a mat ran"] * 4)
+    run_dir = tmp_path / "run"
+    trained = CliRunner(env={"COLUMNS": "200"}).invoke(app, [
+        "finetune", "--recipe", "clm", "--model", str(base), "--data", train, "--output-dir", str(run_dir),
+        "--max-steps", "3", "--lr", "5e-2", "--batch-size", "2", "tracking=[]", "peft.method=lora",
+        "task_options.block_size=8", "task_options.passage_chars=20", "train.max_length=8",
+        "train.eval_batch_size=2"])
+    assert trained.exit_code == 0, trained.output
+    assert (run_dir / "adapter_model.safetensors").exists() and not (run_dir / "model.safetensors").exists()
+    line = "the cat sat on a mat and the dog"  # 9 tokens: one window of 8 inputs scores tokens 2..9
+    text = write_lines(tmp_path / "t.txt", [line])
+    result = run("-m", "perplexity", "--model", str(run_dir), "--text-file", text, "--max-length", "8", "--json")
+    assert result.exit_code == 0, result.output
+    scores = json.loads(result.stdout)["scores"]["perplexity"]
+    ids = AutoTokenizer.from_pretrained(base)(line, return_tensors="pt")["input_ids"]
+    assert ids.shape[1] == 9 and (scores["tokens"], scores["tokens_dropped"]) == (8, 0)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), run_dir).eval()
+    plain = AutoModelForCausalLM.from_pretrained(base).eval()
+    with torch.no_grad():
+        expected = float(torch.exp(adapted(input_ids=ids, labels=ids).loss))
+        untrained = float(torch.exp(plain(input_ids=ids, labels=ids).loss))
+    assert scores["perplexity"] == pytest.approx(expected, rel=1e-4)
+    assert abs(expected - untrained) > 1e-3 * untrained  # the adapter was applied, not the bare base model

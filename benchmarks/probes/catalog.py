@@ -843,6 +843,273 @@ PROBES: list[Probe] = [
           files={"d.csv": table([(t, l[:3]) for t, l in SENT])}),
 ]
 
+# ---- issue 15, more kinds: mBART language codes, perplexity (unit, ragged tail, loading), QA windows, NER I-
+# starts, multi-reference BLEU, and more messy data files ----------------------------------------------------
+GERMAN = ["ein guter film", "ein schlechter film", "sehr gut", "sehr schlecht", "ich mochte ihn", "langweilig"]
+
+
+def build_mbart_langs(folder: Path) -> None:
+    """mBART with a real mBART tokenizer (language codes en_XX, de_DE, ... as special tokens) over the probe
+    data's words, 2 layers of width 16."""
+    import torch
+    from transformers import MBartConfig, MBartForConditionalGeneration, MBartTokenizer
+
+    words = sorted({w for t, _ in SENT for w in t.split()} | {w for t in GERMAN for w in t.split()})
+    tokenizer = MBartTokenizer(vocab=[("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+                               + [("▁" + w, -1.0) for w in words])
+    tokenizer.save_pretrained(folder)
+    torch.manual_seed(0)
+    MBartForConditionalGeneration(MBartConfig(
+        vocab_size=len(tokenizer), d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=128,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)).save_pretrained(folder)
+
+
+def build_gpt2_bin(folder: Path) -> None:
+    """The tiny GPT-2 (a causal LM) with its weights only as a pickled pytorch_model.bin."""
+    import torch
+    from safetensors.torch import load_file
+
+    from fixtures import Fixtures
+
+    source = Fixtures(folder.parent).path("gpt2")
+    for item in source.iterdir():
+        if item.name not in (".done", "model.safetensors"):
+            shutil.copy(item, folder / item.name)
+    torch.save(load_file(str(source / "model.safetensors")), folder / "pytorch_model.bin")
+
+
+BUILDERS.update(mbart_langs=build_mbart_langs, gpt2_bin=build_gpt2_bin)
+
+TRANSLATE_ARGS = ("--recipe", "translate", "--data", "train.en", "--validation", "val.en", "data.test=null",
+                  "train.max_length=32", "task_options.max_target_length=8", "task_options.num_beams=1",
+                  "train.eval_batch_size=8")
+PARALLEL = {"train.en": "".join(t + "\n" for t, _ in SENT[:32]),
+            "train.de": "".join(GERMAN[i % 6] + "\n" for i in range(32)),
+            "val.en": "".join(t + "\n" for t, _ in SENT[32:]), "val.de": "".join(GERMAN[i % 6] + "\n" for i in range(8))}
+SHARED["lora_clm"] = ({"text.txt": SHAKESPEARE}, ft(*CLM, "--data", "text.txt", "peft.method=lora", "--lr", "5e-2",
+                                                     model="{llama}", steps=4))
+SHARED["ner"] = ({"train.conll": NER_TRAIN, "val.conll": NER_VAL},
+                 ft("--recipe", "ner", "--data", "train.conll", "--validation", "val.conll", "data.test=null",
+                    steps=3))
+PPL_TEXT = "First Citizen: Before we proceed any further, hear me speak.\n"  # one window of 64 positions
+
+
+def mbart_language_codes(ctx: Ctx):
+    """The run's tokenizer marks sources en_XX and targets de_DE, and generation starts with de_DE."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ctx.out)
+    de, en = tokenizer.convert_tokens_to_ids("de_DE"), tokenizer.convert_tokens_to_ids("en_XX")
+    forced = json.loads((ctx.out / "generation_config.json").read_text()).get("forced_bos_token_id")
+    source = tokenizer("a good film")["input_ids"]
+    ok = forced == de and source[-1] == en and de != tokenizer.unk_token_id
+    return ok, f"forced_bos_token_id {forced} (de_DE = {de}); source ends with id {source[-1]} (en_XX = {en})"
+
+
+def perplexity_of_whole_text(model: str):
+    """Per model token, every token of the text but the first scored (none dropped), the right value."""
+    def check(ctx: Ctx):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        scores = ctx.json_out()["scores"]["perplexity"]
+        folder = ctx.fmt[model]
+        ids = AutoTokenizer.from_pretrained(folder)(PPL_TEXT.rstrip("\n"), return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            right = float(torch.exp(AutoModelForCausalLM.from_pretrained(folder)(input_ids=ids, labels=ids).loss))
+        ok = (scores.get("unit") == "per model token" and "per model token" in ctx.result.stdout.split('"notes"')[1]
+              and scores["tokens"] == ids.shape[1] - 1 and scores.get("tokens_dropped") == 0
+              and abs(scores["perplexity"] - right) <= 1e-4 * right)
+        return ok, (f"unit {scores.get('unit')!r}, tokens {scores['tokens']} of {ids.shape[1]} (first has no context), "
+                    f"dropped {scores.get('tokens_dropped')}, perplexity {scores['perplexity']:.2f} (by hand {right:.2f})")
+    return check
+
+
+def ragged_tail_reported(ctx: Ctx):
+    """validation metrics report the ragged tail: tokens_dropped = tokens of val.txt (+ EOS) not in whole blocks."""
+    from transformers import AutoTokenizer
+
+    block = 32
+    tokenizer = AutoTokenizer.from_pretrained(ctx.out)
+    text = (ctx.dir / "val.txt").read_text()
+    from adapt.tasks.causal_lm import split_passages
+
+    passages = split_passages(text, 300)
+    total = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in passages) + 1  # + EOS at the end
+    validation = metrics(ctx).get("validation", {})
+    right = total % block
+    noted = f"last {right} of" in ctx.result.stderr
+    ok = right > 0 and validation.get("tokens_dropped") == right and noted and validation.get("tokens") == (total // block) * (block - 1)
+    return ok, (f"tokens_dropped {validation.get('tokens_dropped')} (right {right} of {total}), tokens scored "
+                f"{validation.get('tokens')}, note on stderr {'yes' if noted else 'no'}")
+
+
+def lora_clm_perplexity(ctx: Ctx):
+    """The adapter is applied: perplexity equals base + adapter loaded by peft, and differs from the base's."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    scores = ctx.json_out()["scores"]["perplexity"]
+    base = ctx.fmt["llama"]
+    ids = AutoTokenizer.from_pretrained(ctx.out)(PPL_TEXT.rstrip("\n"), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(ctx.out)).eval()
+        right = float(torch.exp(adapted(input_ids=ids, labels=ids).loss))
+        bare = float(torch.exp(AutoModelForCausalLM.from_pretrained(base)(input_ids=ids, labels=ids).loss))
+    ok = abs(scores["perplexity"] - right) <= 1e-4 * right and abs(right - bare) > 1e-3 * bare
+    return ok, f"perplexity {scores['perplexity']:.3f}; base + adapter by peft {right:.3f}; base alone {bare:.3f}"
+
+
+QA_LONG_CONTEXT = " ".join(t + "." for t, _ in SENT)
+
+
+def long_qa() -> str:
+    """12 questions on a long context (about 300 words); every 4th is unanswerable (SQuAD v2 style)."""
+    rows = []
+    for i in range(12):
+        context = f"Review {i}. {QA_LONG_CONTEXT} The review was written by critic number {i}."
+        answer = f"critic number {i}"
+        answers = ({"text": [], "answer_start": []} if i % 4 == 3
+                   else {"text": [answer], "answer_start": [context.index(answer)]})
+        rows.append({"id": str(i), "title": f"review {i}", "question": "Who wrote the review?", "context": context,
+                     "answers": answers})
+    return jsonl(rows)
+
+
+def qa_windows_reported(ctx: Ctx):
+    """train: the windows of 64 tokens (stride 16) that HF's overflow gives, 3 unanswerable, no truncation note."""
+    from transformers import AutoTokenizer
+
+    report = ctx.json_out()
+    train = report["splits"]["train"] if "splits" in report else report["train"]
+    rows = [json.loads(line) for line in (ctx.dir / "qa.jsonl").read_text().splitlines()]
+    ids = {r["id"] for r in rows}
+    tokenizer = AutoTokenizer.from_pretrained(ctx.fmt["bert"])
+    enc = tokenizer([r["question"] for r in rows], [r["context"] for r in rows], truncation="only_second",
+                    max_length=64, stride=16, return_overflowing_tokens=True)
+    windows = max(enc["overflow_to_sample_mapping"].count(i) for i in range(len(rows)))
+    text = json.dumps(report).lower()
+    got = train.get("windows", {})
+    unanswerable_right = sum(not r["answers"]["text"] for r in rows if r["id"] in ids)
+    ok = (got.get("max") == windows and windows > 1 and train.get("unanswerable") is not None
+          and "truncat" not in " ".join(report.get("notes", [])).lower() and "would be truncated" not in text)
+    return ok, (f"windows max {got.get('max')} (HF overflow: {windows}), unanswerable {train.get('unanswerable')} "
+                f"(of {unanswerable_right} in the file), truncation note: {'would be truncated' in text}")
+
+
+def ner_entities_as_scored(ctx: Ctx):
+    """predict's entities are the spans seqeval's default mode reads from the same tags; tags are IOB2."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    rows = ctx.jsonl_out()
+    total, i_starts = 0, 0
+    for row in rows:
+        tags = row["tags"]
+        spans = sorted((e["type"], e["start"], e["end"]) for e in row["entities"])
+        scored = sorted((kind, start, end + 1) for kind, start, end in get_entities(tags))
+        if spans != scored:
+            return False, f"entities {spans} but seqeval reads {scored} from tags {tags}"
+        total += len(spans)
+        i_starts += sum(t.startswith("I-") and (k == 0 or tags[k - 1][2:] != t[2:]) for k, t in enumerate(tags))
+    ok = total > 0 and i_starts == 0 and len(rows) == len(NER_VAL_SENTENCES)
+    return ok, f"{total} entities in {len(rows)} rows equal seqeval's spans; {i_starts} entities start with I-"
+
+
+def second_reference_is_prediction(ctx: Ctx) -> None:
+    """test.jsonl: target = unrelated words, refs = [other words, the model's own prediction]."""
+    import subprocess
+
+    shared("bart")(ctx)
+    sources = [json.loads(line)["source"] for line in S2S_VAL.splitlines()]
+    (ctx.dir / "src.txt").write_text("".join(s + "\n" for s in sources))
+    proc = subprocess.run([ctx.fmt["adapt"], "predict", "--model", "out", "--file", "src.txt"], cwd=ctx.dir,
+                          env=ctx.fx.env, capture_output=True, text=True, timeout=300)
+    outputs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    texts = [o.get("generated_text", o.get("prediction")) for o in outputs]
+    assert proc.returncode == 0 and len(texts) == len(sources) and all(texts), proc.stderr[-300:]
+    rows = [{"source": s, "target": "zebra quantum umbrella", "ref_a": "violet harbor engine", "ref_b": p}
+            for s, p in zip(sources, texts)]
+    (ctx.dir / "test.jsonl").write_text(jsonl(rows))
+
+
+def jsonl_records(rows, line_end="\n") -> str:
+    return "".join(json.dumps({"text": t, "label": l}) + line_end for t, l in rows)
+
+
+PROBES += [
+    Probe("mbart_lang_codes", "F", "mBART translation with task_options.src_lang=en_XX tgt_lang=de_DE",
+          ft(*TRANSLATE_ARGS, "task_options.src_lang=en_XX", "task_options.tgt_lang=de_DE", model="{mbart_langs}"),
+          Succeed(mbart_language_codes, "exit 0, sources end en_XX, generation starts de_DE"), files=PARALLEL),
+    Probe("mbart_lang_code_unknown", "F", "mBART with task_options.tgt_lang=xx_YY (no such language code)",
+          ft(*TRANSLATE_ARGS, "task_options.src_lang=en_XX", "task_options.tgt_lang=xx_YY", model="{mbart_langs}"),
+          Refuse(("tgt_lang",), ("xx_YY",)), files=PARALLEL),
+    Probe("perplexity_per_model_token", "G", "eval --metric perplexity: says per model token, scores every token",
+          ["{adapt}", "eval", "--metric", "perplexity", "--model", "{gpt2}", "--text-file", "t.txt", "--max-length",
+           "64", "--json"],
+          Succeed(perplexity_of_whole_text("gpt2"), "exit 0, per model token, right value, nothing dropped"),
+          files={"t.txt": PPL_TEXT}),
+    Probe("clm_ragged_tail_reported", "G", "clm validation text that fills no whole last block: tokens_dropped",
+          ft(*CLM, "--data", "text.txt", "--validation", "val.txt", model="{llama}"),
+          Succeed(ragged_tail_reported, "exit 0, tokens_dropped = the unscored tail"),
+          files={"text.txt": SHAKESPEARE, "val.txt": SHAKESPEARE[6000:6250].rsplit(" ", 1)[0].replace("\n\n", "\n")}),
+    Probe("perplexity_lora_clm_run", "G", "eval --metric perplexity --model <LoRA clm run folder>",
+          ["{adapt}", "eval", "--metric", "perplexity", "--model", "out", "--text-file", "t.txt", "--max-length", "64",
+           "--json"],
+          Succeed(lora_clm_perplexity, "exit 0, = base + adapter"), files={"t.txt": PPL_TEXT},
+          setup=shared("lora_clm")),
+    Probe("perplexity_pickle_only", "B", "eval --metric perplexity --model <causal LM with only pytorch_model.bin>",
+          ["{adapt}", "eval", "--metric", "perplexity", "--model", "{gpt2_bin}", "--text-file", "t.txt",
+           "--max-length", "64"],
+          Refuse(("gpt2_bin",), ("safetensors",)), files={"t.txt": PPL_TEXT}),
+    Probe("perplexity_encoder_model", "A", "eval --metric perplexity --model <BERT> (bidirectional: no perplexity)",
+          ["{adapt}", "eval", "--metric", "perplexity", "--model", "{bert}", "--text-file", "t.txt", "--max-length",
+           "64"],
+          Refuse(("causal",)), files={"t.txt": PPL_TEXT}),
+    Probe("qa_inspect_long_contexts", "G", "data inspect --recipe qa on long contexts with unanswerable questions",
+          ["{adapt}", "data", "inspect", "--recipe", "qa", "--model", "{bert}", "--data", "qa.jsonl", "--json",
+           "train.max_length=64", "task_options.doc_stride=16", "task_options.version_2_with_negative=true"],
+          Succeed(qa_windows_reported, "exit 0, windows + unanswerable, no truncation warning"),
+          files={"qa.jsonl": long_qa()}),
+    Probe("ner_i_start_predict_equals_scorer", "G", "NER predict: entities = the spans the scorer reads",
+          ["{adapt}", "predict", "--model", "out", "--file", "val.txt"],
+          Succeed(ner_entities_as_scored, "exit 0, entities = seqeval spans, IOB2 tags"),
+          files={"val.txt": NER_VAL_TEXTS}, setup=shared("ner")),
+    Probe("multi_reference_bleu", "G", "eval --model on a test file with data.columns.references=[ref_a,ref_b]",
+          ["{adapt}", "eval", "--model", "out", "--data", "test.jsonl", "--json", "data.columns.references=[ref_a,ref_b]",
+           "task_options.metric_family=bleu"],
+          Succeed(lambda ctx: (find(ctx.json_out(), "bleu") == 100.0, f"bleu {find(ctx.json_out(), 'bleu')} (2nd "
+                               "reference = the prediction: 100)"), "exit 0, BLEU 100"),
+          setup=second_reference_is_prediction, timeout=400),
+    # more messy data files
+    Probe("csv_bom_crlf", "E", "a CSV saved by Excel: UTF-8 BOM and Windows line endings (must work)",
+          ft("--data", "d.csv"), Succeed(id2label({"negative", "positive"}), "exit 0, header read as text,label"),
+          files={"d.csv": b"\xef\xbb\xbf" + table(SENT).replace("\n", "\r\n").encode()}),
+    Probe("jsonl_crlf_blank_lines", "E", "JSONL with CRLF endings and blank lines between records (must work)",
+          ft("--data", "d.jsonl"), Succeed(id2label({"negative", "positive"}), "exit 0, 2 classes"),
+          files={"d.jsonl": jsonl_records(SENT, "\r\n\r\n")}),
+    Probe("jsonl_trailing_comma", "B", "JSONL whose 5th line ends with a comma (copied from a JSON array)",
+          ft("--data", "d.jsonl"), Refuse(("d.jsonl",), ("line 5",)),
+          files={"d.jsonl": jsonl_records(SENT[:4]) + json.dumps({"text": SENT[4][0], "label": SENT[4][1]}) + ",\n"
+                 + jsonl_records(SENT[5:])}),
+    Probe("utf16_jsonl", "B", "a UTF-16 JSONL file (Windows 'Unicode' encoding)", ft("--data", "d.jsonl"),
+          Refuse(("d.jsonl",), ("utf-16", "utf-8", "encod")), files={"d.jsonl": jsonl_records(SENT).encode("utf-16")}),
+    Probe("tsv_header_trailing_tab", "B", "a TSV whose header line ends with a tab (an empty column name)",
+          ft("--data", "d.tsv"),
+          Either(Succeed(id2label({"negative", "positive"}), "exit 0, the empty column ignored"),
+                 Refuse(("d.tsv",), ("line 1", "header", "column"))),
+          files={"d.tsv": "text\tlabel\t\n" + "".join(f"{t}\t{l}\n" for t, l in SENT)}),
+    Probe("csv_unclosed_quote", "E", "a CSV whose 4th line opens a quote it never closes",
+          ft("--data", "d.csv"), Refuse(("d.csv",), ("line 4",)),
+          files={"d.csv": table(SENT[:2]) + '"an unclosed quote,positive\n' + table(SENT[2:]).split("\n", 1)[1]}),
+    Probe("csv_nul_byte", "B", "a CSV with a NUL byte inside the 3rd line", ft("--data", "d.csv"),
+          Refuse(("d.csv",), ("line 3",)),
+          files={"d.csv": (table(SENT[:1]) + "great\x00 film,positive\n" + table(SENT[1:]).split("\n", 1)[1]).encode()}),
+    Probe("bz2_truncated_jsonl", "B", "a truncated .jsonl.bz2", ft("--data", "d.jsonl.bz2"), Refuse(("d.jsonl.bz2",)),
+          files={"d.jsonl.bz2": compressed(bz2.compress, jsonl_records(SENT) * 20, 0.6)}),
+]
+
 # More variants of kinds the default table already covers; run with --all.
 EXTRA = {
     "lora2_export_merge", "bioes_identical_files", "nan_label_parquet", "float_ids_jsonl", "empty_text_cell",

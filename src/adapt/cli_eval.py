@@ -61,7 +61,8 @@ def eval_command(
         if overrides:
             raise AdaptError(f"recipe override '{overrides[0]}' does not apply to perplexity; use --max-length, "
                              "--stride and --batch-size")
-        report = scoring.score_perplexity(model, text_file, max_length, stride or max(1, max_length // 2), batch_size)
+        report = scoring.score_perplexity(model, text_file, max_length, stride or max(1, max_length // 2), batch_size,
+                                          trust_remote_code)
     elif model is not None:
         if metrics:
             raise AdaptError("with --model the recipe's task picks the metrics; --metric only takes perplexity here")

@@ -11,17 +11,14 @@ from adapt.tasks import get_task
 from adapt.tasks.base import Task
 
 
-def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str] = (),
-                 trust_remote_code: bool = False) -> tuple[Task, Any]:
-    """The task and model for a folder written by `adapt finetune` (its recipe.yaml says the task) or a
-    plain Hugging Face checkpoint given `recipe`.
-
-    Code shipped in the folder runs only when `trust_remote_code` (the current command's --trust-remote-code)
-    is true: a `trust_remote_code: true` in the folder's own recipe.yaml, a recipe file or an override is ignored,
-    so a downloaded run folder cannot switch it on. Weights load from safetensors only (adapters included).
+def trained_task(model_dir: str, recipe: str | None = None, overrides: list[str] = (),
+                 trust_remote_code: bool = False) -> Task:
+    """The task of a saved model folder, before anything is loaded: the folder's recipe.yaml (an `adapt
+    finetune` run), else `recipe` (a plain Hugging Face checkpoint). `trust_remote_code` is the current
+    command's flag only (see `load_trained`).
 
     Raises:
-        AdaptError: not a model folder, no task known, pickle-only weights, remote code needed without the flag.
+        AdaptError: not a model folder, or no task known (no recipe.yaml and no `recipe`).
     """
     import yaml
 
@@ -42,7 +39,23 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
         raise AdaptError(f"{folder} has no recipe.yaml (not trained by adapt); pass --recipe to say which task it is")
     resolved.model = str(folder)
     resolved.trust_remote_code = trust_remote_code
-    task = get_task(resolved)
+    return get_task(resolved)
+
+
+def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str] = (),
+                 trust_remote_code: bool = False) -> tuple[Task, Any]:
+    """The task and model for a folder written by `adapt finetune` (its recipe.yaml says the task) or a
+    plain Hugging Face checkpoint given `recipe`.
+
+    Code shipped in the folder runs only when `trust_remote_code` (the current command's --trust-remote-code)
+    is true: a `trust_remote_code: true` in the folder's own recipe.yaml, a recipe file or an override is ignored,
+    so a downloaded run folder cannot switch it on. Weights load from safetensors only (adapters included).
+
+    Raises:
+        AdaptError: not a model folder, no task known, pickle-only weights, remote code needed without the flag.
+    """
+    folder = Path(model_dir)
+    task = trained_task(model_dir, recipe, overrides, trust_remote_code)
     task.load_tokenizer(str(folder))
     model = task.load_trained(str(folder))
     from adapt import padding_free, runtime

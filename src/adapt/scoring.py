@@ -304,31 +304,104 @@ def score_files(
     return report
 
 
-def score_perplexity(model_dir: str, text_file: str, max_length: int, stride: int, batch_size: int) -> dict:
-    """Sliding-window perplexity of the causal LM saved in `model_dir` on the whole of `text_file`."""
+def perplexity_model(model_dir: str, max_length: int, trust_remote_code: bool = False):
+    """(tokenizer, model) of the causal LM in `model_dir` for `score_perplexity`, loaded as `adapt predict`
+    loads models: an `adapt finetune` run by its recipe.yaml (a LoRA run folder as its base model plus the
+    adapter), a plain checkpoint as the `clm` task; safetensors weights only; code shipped in the folder only
+    with `trust_remote_code` (the command's --trust-remote-code). `max_length` is checked against the model's
+    positions before the weights load.
+
+    Raises:
+        AdaptError: one line naming the folder and the fix: no such folder, not a causal LM, pickle-only
+            weights, a model type that needs remote code, an encoder-decoder, or `max_length` past the model's
+            positions.
+    """
+    from transformers import AutoConfig
+
+    from adapt.runner import trained_task
+    from adapt.tasks.base import Task, model_load_error
+
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise AdaptError(f"--model {model_dir}: {'not a folder' if folder.exists() else 'no such folder'}; give a "
+                         "causal LM folder (an `adapt finetune` run or a Hugging Face checkpoint)")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise AdaptError(f"{model_dir} is not a saved model directory (no config.json); give a causal LM folder "
+                         "(an `adapt finetune` run or a Hugging Face checkpoint)")
+    task = trained_task(model_dir, None if (folder / "recipe.yaml").is_file() else "clm",
+                        trust_remote_code=trust_remote_code)
+    if task.auto_class != "AutoModelForCausalLM":
+        raise AdaptError(f"{model_dir} holds a {task.name} model (its recipe.yaml), not a causal LM; perplexity "
+                         "scores causal LMs only (give a clm run or checkpoint)")
+
+    def check_config(config) -> None:
+        if getattr(config, "is_encoder_decoder", False):
+            raise AdaptError(f"{model_dir} is an encoder-decoder (seq2seq) model (model type {config.model_type}), "
+                             "not a causal LM; perplexity scores causal LMs only (give a clm run or checkpoint)")
+        positions = getattr(config, "max_position_embeddings", None)
+        if isinstance(positions, int) and max_length > positions:
+            raise AdaptError(f"--max-length {max_length} is past the {positions} positions of {model_dir} "
+                             f"(config max_position_embeddings); use --max-length {positions} or less")
+
+    checked = (folder / "config.json").is_file()
+    if checked:  # an adapter folder carries its base model's config: the limit is known before any weights load
+        try:
+            check_config(AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code))
+        except (OSError, ValueError) as err:
+            raise model_load_error(model_dir, err) from None
+    tokenizer = Task.load_tokenizer(task, model_dir)  # the generic loader: perplexity needs no EOS or pad token
+    model = task.load_trained(model_dir)
+    if not checked:
+        check_config(model.config)
+    return tokenizer, model
+
+
+def check_causal(model, ids: list[int], device, model_dir: str) -> None:
+    """Refuse a model whose prediction at a position reads later tokens (an encoder such as BERT loaded as a
+    causal LM, without `is_decoder`): its "perplexity" would be a number with no meaning. `ids` (at least 2
+    token ids) is run twice, differing only in the last token; the logits before it must not change.
+
+    Raises:
+        AdaptError: naming the folder, its model type and the fix.
+    """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if len(ids) < 2:
+        return  # too short to test; model_perplexity refuses texts of fewer than 2 tokens
+    vocab = model.get_input_embeddings().num_embeddings
+    model.eval()
+    with torch.no_grad():  # one row per call: nothing but the last token differs between the two forwards
+        first, second = (model(input_ids=torch.tensor([row], device=device)).logits[0, :-1].float()
+                         for row in (ids, ids[:-1] + [(ids[-1] + 1) % vocab]))
+    # a causal model computes the earlier positions from identical inputs: equal up to rounding noise
+    if (first - second).abs().max() > 1e-5 * (1 + first.abs().max()):
+        kind = getattr(model.config, "model_type", "?")
+        raise AdaptError(f"{model_dir}: its predictions read later tokens (model type {kind} is a bidirectional "
+                         "encoder, not a causal LM), so perplexity is undefined for it; give a causal LM "
+                         "(GPT-2, Llama, ... or a clm run)")
+
+
+def score_perplexity(model_dir: str, text_file: str, max_length: int, stride: int, batch_size: int,
+                     trust_remote_code: bool = False) -> dict:
+    """Sliding-window perplexity of the causal LM saved in `model_dir` on the whole of `text_file`, per token
+    of the model's own tokenizer. Every token but the first is scored (`tokens`), so none is dropped.
+
+    Raises:
+        AdaptError: an unreadable text file, a model `perplexity_model` cannot load, --stride past
+            --max-length, a text of fewer than 2 tokens, or a non-finite result.
+    """
+    import torch
 
     from adapt.metrics.perplexity import model_perplexity
 
     text = "\n".join(line for _, line in _records(text_file))
-    if not Path(model_dir, "config.json").is_file():
-        raise AdaptError(f"{model_dir} is not a saved model directory (no config.json)")
     if stride > max_length:
         raise AdaptError(f"--stride {stride} is larger than --max-length {max_length}; use a stride of at most "
                          f"{max_length} (half of it is usual)")
-    try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-    except (OSError, ValueError) as err:
-        raise AdaptError(f"{model_dir}/config.json: cannot be read ({str(err).splitlines()[0]}); give a saved "
-                         "causal LM folder") from None
-    positions = getattr(config, "max_position_embeddings", None)
-    if isinstance(positions, int) and max_length > positions:
-        raise AdaptError(f"--max-length {max_length} is past the {positions} positions of {model_dir} "
-                         f"(config max_position_embeddings); use --max-length {positions} or less")
+    tokenizer, model = perplexity_model(model_dir, max_length, trust_remote_code)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True, trust_remote_code=False).to(device)
+    model = model.to(device)
+    check_causal(model, tokenizer(text[:2000])["input_ids"][:max_length], device, model_dir)
     try:
         scores = model_perplexity(model, tokenizer, text, max_length, stride, batch_size, device)
     except AdaptError as err:
@@ -337,8 +410,10 @@ def score_perplexity(model_dir: str, text_file: str, max_length: int, stride: in
         raise AdaptError(f"{model_dir}: perplexity on {text_file} is not finite (mean NLL {scores['nll']}); "
                          "the model's weights or outputs hold NaN/inf")
     note = (f"perplexity is per model token: exp of the mean NLL over {scores['tokens']:,} tokens of {model_dir}'s "
-            "own tokenizer; it is not comparable across tokenizers, nor to per-word or per-character perplexity")
-    return {"scores": {"perplexity": {**scores, "unit": "per model token"}}, "notes": [note], "examples": []}
+            "own tokenizer (every token after the first; none dropped); it is not comparable across tokenizers, "
+            "nor to per-word or per-character perplexity")
+    return {"scores": {"perplexity": {**scores, "tokens_dropped": 0, "unit": "per model token"}}, "notes": [note],
+            "examples": []}
 
 
 def _jsonable(value):
