@@ -85,7 +85,27 @@ BAD_FILES = [
      "line 2 has 1 fields but the header has 2", "unclosed"),
     ("fields.csv", 'text,label\n"a\nb",positive\nc,negative,extra\n',
      "line 4 has 3 fields but the header has 2", "fix that line"),
+    ("trailing.tsv", "text\tlabel\t\ngood\tpositive\nbad\tnegative\n",
+     "line 1: header column 3 has no name (a stray separator at the end of the line)", "remove it or name the column"),
 ]
+
+# files that are not text at all, named as text: say what they are (by their leading bytes), not "line 1"
+NOT_TEXT = [
+    ("book.csv", b"PK\x03\x04\x14\x00\xa4\x8f" + b"\x00" * 20, "a ZIP archive (an Excel .xlsx workbook or a zipped file)"),
+    ("old.csv", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1\x00", "an old Excel/Office (.xls) file"),
+    ("wide.jsonl", '{"text": "a", "label": "b"}\n'.encode("utf-16"), "UTF-16 text"),
+    ("packed.tsv", gzip.compress(b"text\tlabel\n\xff\n"), "gzip-compressed data"),
+]
+
+
+@pytest.mark.parametrize("name, content, kind", NOT_TEXT, ids=[n[0] for n in NOT_TEXT])
+def test_binary_file_under_a_text_name_says_what_it_is(tmp_path, name, content, kind):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(AdaptError) as err:
+        data.read_table(path)
+    assert str(err.value) == (f"{path}: {kind}, not UTF-8 text; export or re-save it as "
+                              ".csv, .tsv, .json, .jsonl, .parquet"), str(err.value)
 
 
 @pytest.mark.parametrize("name, content, fragments", [(b[0], b[1], b[2:]) for b in BAD_FILES],

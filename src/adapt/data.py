@@ -62,6 +62,8 @@ def read_text(path: Path) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
+        if kind := _binary_kind(raw):
+            raise AdaptError(f"{path}: {kind}, not UTF-8 text; export or re-save it as {', '.join(TABLE_SUFFIXES)}") from None
         line = raw[: err.start].count(b"\n") + 1
         raise AdaptError(
             f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[err.start]:02x}); re-save the file as UTF-8"
@@ -179,6 +181,21 @@ def _delimiter_hint(path: Path, kind: str, text: str) -> str | None:
     return None
 
 
+# leading bytes of formats users save under a text name by mistake
+_SIGNATURES = (
+    (b"PK\x03\x04", "a ZIP archive (an Excel .xlsx workbook or a zipped file)"),
+    (b"\xd0\xcf\x11\xe0", "an old Excel/Office (.xls) file"),
+    (b"\xff\xfe", "UTF-16 text"), (b"\xfe\xff", "UTF-16 text"),
+    (b"PAR1", "a Parquet file"), (b"\x1f\x8b", "gzip-compressed data"),
+    (b"BZh", "bz2-compressed data"), (b"\xfd7zXZ", "xz-compressed data"), (b"\x28\xb5\x2f\xfd", "zstd-compressed data"),
+)
+
+
+def _binary_kind(raw: bytes) -> str | None:
+    """What non-UTF-8 bytes really are, by their leading signature (None if unknown)."""
+    return next((kind for magic, kind in _SIGNATURES if raw.startswith(magic)), None)
+
+
 def _read_csv(path: Path, kind: str, text: str) -> Dataset:
     records = _csv_records(path, text, kind)
     first = next(records, None)
@@ -187,6 +204,7 @@ def _read_csv(path: Path, kind: str, text: str) -> Dataset:
     header_line, header = first
     if len(header) == 1 and (hint := _delimiter_hint(path, kind, text)):
         raise AdaptError(hint)
+    unnamed = [position for position, h in enumerate(header, 1) if not h.strip()]
     header = [h.strip() or f"column_{position}" for position, h in enumerate(header, 1)]
     positions: dict[str, int] = {}
     for position, name in enumerate(header, 1):
@@ -197,6 +215,10 @@ def _read_csv(path: Path, kind: str, text: str) -> Dataset:
     columns: list[list[str]] = [[] for _ in header]
     for line, row in records:
         if len(row) != len(header):
+            if unnamed and len(row) == len(header) - len(unnamed):  # the header, not this line, is off
+                raise AdaptError(f"{path}: line {header_line}: header column {unnamed[0]} has no name (a stray "
+                                 f"separator{' at the end of the line' if unnamed[-1] == len(header) else ''}); "
+                                 "remove it or name the column")
             spans = next(
                 (f" (a quoted field starting there runs on over several lines: check for an unclosed \")"
                  for field in row if "\n" in field), "")
