@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 NATIVE := src/adapt/native/libadapt_native.so
 CC ?= cc
 
-.PHONY: install demo test test-fast bench reproduce clean
+.PHONY: install demo test test-fast bench probes reproduce clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test-fast: install
 
 bench: install
 	$(BIN)/python benchmarks/bench_sst2.py --data $(DATA)/sst2
+
+# issue 15's table of bad inputs and faults through the real CLI (about 15 minutes; --all for more variants)
+probes: install
+	$(BIN)/python benchmarks/probes.py --out runs/probes
 
 reproduce: install
 	$(BIN)/python benchmarks/reproduce.py --data $(DATA) --out results

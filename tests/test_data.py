@@ -162,7 +162,8 @@ def test_grouped_carve_keeps_groups_whole():
 
 
 def test_carve_needs_two_examples():
-    with pytest.raises(AdaptError, match="fewer than 2 examples; give --validation"):
+    with pytest.raises(AdaptError, match=r"^the training data: holds 1 example, too few to carve a validation split "
+                                         r"from \(need at least 2\); add examples or give --validation FILE$"):
         data.carve_validation(Dataset.from_dict({"text": ["only"]}), 0.1, seed=0)
 
 

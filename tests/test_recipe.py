@@ -30,7 +30,7 @@ def test_packaged_recipes_are_found():
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(AdaptError, match=r"sentiment\.yaml: unknown key 'train\.lrr'; see `adapt recipes show`"):
+    with pytest.raises(AdaptError, match=r"^override train\.lrr=3e-05: unknown key 'train\.lrr'; see `adapt recipes show`"):
         resolve_recipe("sentiment", [("train.lrr", 3e-5)])
     with pytest.raises(AdaptError, match=r"unknown key 'data\.columns\.sentence'"):
         resolve_recipe("sentiment", [("data.columns.sentence", "text")])

@@ -108,7 +108,7 @@ def test_output_file_and_json(tmp_path, labels):
     ("empty", r"empty\.txt is empty"),
     ("labels", r"p\.txt line 1: label 'positive' never occurs in .*r\.txt"),
     ("json", r"bad\.jsonl line 2: malformed JSON"),
-    ("field", r"nofield\.jsonl line 1: missing the field 'label'"),
+    ("field", r"nofield\.jsonl line 1: no prediction field \(prediction, label\); the row has: lab;"),
     ("tags", r"p\.txt line 1: 2 tags but .*r\.txt line 1 has 1"),
     ("missing", r"no such file"),
     ("squad_id", r"no prediction for question id 'q2'"),

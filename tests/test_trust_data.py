@@ -267,3 +267,100 @@ def test_inspect_json_of_mixed_label_types_is_one_line(tmp_path):
     assert result.exit_code == 2
     assert _cli_lines(result)[-1] == (f"error: {path}: line 2: field 'label' is number (1) but string on line 1; "
                                       'give every row the same type (e.g. quote numbers: "1")')
+
+
+# ---- wave 2 (W-B): predict JSON lines, unclosed quotes, multi-label cells, carving ---------------------------
+def test_classification_predict_reads_the_text_column_of_json_lines(tmp_path):
+    task = classification_task(tmp_path / "unused.csv")
+    inputs = task.inputs_from_texts([json.dumps({"text": "great", "label": "positive"}), "a plain {line",
+                                     '{"text": "dull"}'])
+    assert inputs.column_names == ["text"]
+    assert inputs["text"] == ["great", "a plain {line", "dull"]
+    with pytest.raises(AdaptError, match=r"^input 2: the JSON object has no 'text' \(keys: txt\); name the text "
+                                         r"column with --set data.columns.text=KEY$"):
+        task.inputs_from_texts([json.dumps({"text": "ok"}), json.dumps({"txt": "bad"})])
+    with pytest.raises(AdaptError, match=r"^input 1: the 'text' value is a number, not text"):
+        task.inputs_from_texts([json.dumps({"text": 5})])
+
+
+def test_classification_predict_of_a_pair_model_reads_both_mapped_columns(tmp_path):
+    task = classification_task(tmp_path / "unused.csv", ("data.columns.text", "#1 String"),
+                               ("data.columns.text_pair", "#2 String"))
+    inputs = task.inputs_from_texts([json.dumps({"#1 String": "a cat sat", "#2 String": "a cat was sitting"})])
+    assert inputs.to_list() == [{"text": "a cat sat", "text_pair": "a cat was sitting"}]
+    with pytest.raises(AdaptError, match=r"^input 1: the JSON object has no '#2 String' \(keys: #1 String\)"):
+        task.inputs_from_texts([json.dumps({"#1 String": "only one"})])
+    with pytest.raises(AdaptError, match=r"^input 1: a sentence-pair model needs both texts"):
+        task.inputs_from_texts(["a plain line"])
+
+
+def _reviews(tmp_path, name: str, lines: list[str]):
+    head = ["text,label", "a fine film,positive", "bad,negative", "great,positive", "meh,negative", "nice,positive"]
+    path = tmp_path / name
+    path.write_text("\n".join(head + lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_an_unclosed_quote_that_swallows_the_next_record_is_refused_at_its_opening_line(tmp_path):
+    path = _reviews(tmp_path, "u.csv", ['"dull and lifeless,negative', 'fun "ride",positive', "boring,negative"])
+    message = refused(path)
+    assert message == (f"{path}: line 7: a quote (\") opens a field here that runs over lines 7-8, whose lines "
+                       "look like separate records: the quote is probably never closed; close it (or remove it) on "
+                       "line 7")
+    several = _reviews(tmp_path, "u3.csv", ['"dull and lifeless,negative', "fun ride,positive", '"boring",negative'])
+    assert "line 7: a quote (\") opens a field here that runs over lines 7-9" in refused(several)
+    to_the_end = _reviews(tmp_path, "eof.csv", ['"dull and lifeless,negative', "fun ride,positive"])
+    assert "line 7 has 1 fields but the header has 2" in refused(to_the_end)
+
+
+def test_a_legal_multi_line_review_is_read_with_one_note(tmp_path, capsys):
+    path = _reviews(tmp_path, "ok.csv", ['"a wonderful, moving film\nsecond line",positive', "fun ride,positive",
+                                         '"terrible\nacting",negative'])
+    table = data.read_table(path)
+    assert len(table) == 8
+    assert table["text"][5] == "a wonderful, moving film\nsecond line"
+    assert table["label"][5:] == ["positive", "positive", "negative"]
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert notes == [f"note: {path}: 2 records have a quoted field running over several lines (first at line 7); "
+                     "each is read as one example"]
+    data.read_table(_reviews(tmp_path, "plain.csv", ["x,positive"]))
+    assert "note:" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("labels, line, cell", [
+    (["6", "27", "6,9,27", "9"], 4, "6,9,27"),           # all parts integer ids (GoEmotions), even unseen alone
+    (["joy", "anger", "joy", "joy;anger"], 5, "joy;anger"),  # names each seen alone elsewhere
+    (["joy", "anger", "joy | anger", "joy"], 4, "joy | anger"),
+])
+def test_a_label_cell_listing_several_labels_is_refused_as_multi_label(tmp_path, labels, line, cell):
+    path = write_table(tmp_path / "g.csv", [(f"text {i}", label) for i, label in enumerate(labels)])
+    assert refused(path) == (f"{path}: line {line}: the label ('label') '{cell}' lists several labels, and "
+                             "multi-label classification is not supported yet (planned: issue 17); give each example "
+                             "exactly one label (or check data.columns.label)")
+
+
+def test_delimiters_inside_single_labels_are_not_multi_label(tmp_path):
+    path = write_table(tmp_path / "n.csv", [("a", "arts, culture"), ("b", "science"), ("c", "arts, culture")])
+    assert read_labels(path, ("data.label_names", None)) == ["arts, culture", "science", "arts, culture"]
+    listed = tmp_path / "l.jsonl"
+    listed.write_text(json.dumps({"text": "a", "label": ["positive", "negative"]}) + "\n", encoding="utf-8")
+    assert refused(listed) == (f"{listed}: line 1: the label ('label') is a list [\"positive\", \"negative\"], and "
+                               "multi-label classification is not supported yet (planned: issue 17); give each "
+                               "example exactly one label (or check data.columns.label)")
+
+
+def test_carving_names_the_source_and_count(tmp_path):
+    from datasets import Dataset
+
+    with pytest.raises(AdaptError) as err:
+        data.carve_validation(Dataset.from_dict({"text": ["only"]}), 0.1, seed=0, source="one.csv")
+    assert str(err.value) == ("one.csv: holds 1 example, too few to carve a validation split from (need at least "
+                              "2); add examples or give --validation FILE")
+    conll = tmp_path / "noblank.txt"
+    conll.write_text("John B-PER\nSmith I-PER\nlives O\nin O\nParis B-LOC\n", encoding="utf-8")
+    with pytest.raises(AdaptError) as err:
+        data.carve_validation(Dataset.from_dict({"text": [["John"]]}), 0.1, seed=0, source=str(conll))
+    assert str(err.value).startswith(f"{conll}: holds 1 example, too few to carve a validation split from (need at "
+                                     "least 2): its 5 lines have no blank line between them, so they read as one "
+                                     "sentence")
+    assert str(err.value).endswith("add a blank line after each sentence or give --validation FILE")

@@ -78,7 +78,6 @@ def test_identical_iob1_files_score_f1_one_over_all_entities(tmp_path):
     (["B-PER O", "O U-LOC"], "line 2: tag 'U-LOC' is BILOU"),
     (["B-PER O", "PER O"], "line 2: tag 'PER' is neither 'O' nor a B-/I-/E-/S- prefix"),
     (["B-PER O", "O"], "p.txt line 2: 1 tags but"),
-    (["S-PER O", "O O"], "p.txt has E-/S- tags (IOBES) but"),
 ])
 def test_seqeval_refuses_tags_it_cannot_score_with_file_and_line(tmp_path, lines, message):
     ref = write_lines(tmp_path / "r.txt", ["B-PER O", "O B-LOC"])
@@ -337,3 +336,125 @@ def test_perplexity_of_a_lora_clm_run_is_the_adapted_model(tmp_path, adapt_cache
         untrained = float(torch.exp(plain(input_ids=ids, labels=ids).loss))
     assert scores["perplexity"] == pytest.approx(expected, rel=1e-4)
     assert abs(expected - untrained) > 1e-3 * untrained  # the adapter was applied, not the bare base model
+
+
+# ---- issue 15, second wave: -p reads predictions, symmetric tag schemes, labels as finetune reads them, predict input
+
+
+def test_eval_p_reads_the_prediction_of_a_run_predictions_file_not_its_gold(tmp_path):
+    rows = [{"text": "a", "label": "neg", "prediction": "pos", "score": 0.9},
+            {"text": "b", "label": "pos", "prediction": "neg", "score": 0.8},
+            {"text": "c", "label": "pos", "prediction": "pos", "score": 0.7}]
+    run_file = write_lines(tmp_path / "predictions_validation.jsonl", rows)
+    gold = write_lines(tmp_path / "gold.txt", ["neg", "pos", "pos"])
+    for references in (gold, run_file):  # -r reads the gold side of the same rows
+        assert score_files(["accuracy"], run_file, [references])["scores"]["accuracy"]["accuracy"] == pytest.approx(1 / 3)
+    predicted = write_lines(tmp_path / "predict.jsonl", [{"input": {"text": "a"}, "label": "neg", "score": 0.6}] * 3)
+    assert score_files(["accuracy"], predicted, [gold])["scores"]["accuracy"]["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_eval_p_reads_predicted_tags_and_generated_text_of_run_rows(tmp_path):
+    gold_tags = [["B-PER", "O", "B-LOC"], ["O", "B-ORG", "I-ORG"]]
+    predicted_tags = [["B-PER", "O", "O"], ["O", "B-ORG", "I-ORG"]]
+    ner = write_lines(tmp_path / "ner.jsonl", [{"tokens": ["w"] * 3, "tags": g, "prediction": p, "entities": []}
+                                              for g, p in zip(gold_tags, predicted_tags)])
+    scores = score_files(["seqeval"], ner, [ner])["scores"]["seqeval"]
+    assert scores["f1"] == pytest.approx(f1_score(gold_tags, predicted_tags)) == pytest.approx(0.8)
+    hypotheses, references = ["the cat sat on the mat", "a dog ran"], ["the cat sat on a mat", "a dog ran home"]
+    s2s = write_lines(tmp_path / "s2s.jsonl", [{"source": "x", "references": [r], "prediction": h}
+                                              for h, r in zip(hypotheses, references)])
+    bleu = score_files(["bleu"], s2s, [s2s])["scores"]["bleu"]["bleu"]
+    assert bleu == pytest.approx(sacrebleu.corpus_bleu(hypotheses, [references]).score)
+
+
+@pytest.mark.parametrize("rows, flag, message", [
+    ([{"text": "the cat", "nll": 3.2, "tokens": 2, "perplexity": 4.9}], "-p",
+     "clm.jsonl line 1: the row holds per-example perplexity (nll, perplexity), not a prediction; the row has: "
+     "text, nll, tokens, perplexity;"),
+    ([{"id": 1, "guess": "neg"}], "-p", "clm.jsonl line 1: no prediction field (prediction, label); the row has: id, guess;"),
+    ([{"prediction": "neg"}], "-r", "clm.jsonl line 1: no reference field (label); the row has: prediction;"),
+])
+def test_eval_jsonl_rows_without_the_side_asked_for_are_refused_naming_line_and_fields(tmp_path, rows, flag, message):
+    odd = write_lines(tmp_path / "clm.jsonl", rows)
+    plain = write_lines(tmp_path / "plain.txt", ["neg"])
+    metric = "bleu" if "nll" in rows[0] else "accuracy"
+    files = ["-p", odd, "-r", plain] if flag == "-p" else ["-p", plain, "-r", odd]
+    result = run("-m", metric, *files)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert message in result.stderr and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+
+
+def test_seqeval_of_iob2_against_iobes_is_the_same_in_either_order(tmp_path):
+    iob2 = write_lines(tmp_path / "iob2.txt", ["B-PER O B-LOC I-LOC", "O B-ORG"])
+    iobes = write_lines(tmp_path / "iobes.txt", ["S-PER O B-LOC E-LOC", "O S-ORG"])
+    forward, backward = (score_files(["seqeval"], p, [r]) for p, r in ((iob2, iobes), (iobes, iob2)))
+    assert forward["scores"] == backward["scores"]
+    assert (forward["scores"]["seqeval"]["f1"], forward["scores"]["seqeval"]["strict_scheme"]) == (1.0, "IOB2")
+    assert any("both were scored as IOB2" in note for note in forward["notes"])
+    wrong = write_lines(tmp_path / "wrong.txt", ["B-PER O B-LOC O", "O B-MISC"])  # 1 of 3 entities right
+    one, other = (seqeval_scores(p, r) for p, r in (([["B-PER", "O", "B-LOC", "O"], ["O", "B-MISC"]],
+                                                     [["S-PER", "O", "B-LOC", "E-LOC"], ["O", "S-ORG"]]),
+                                                    ([["S-PER", "O", "B-LOC", "E-LOC"], ["O", "S-ORG"]],
+                                                     [["B-PER", "O", "B-LOC", "O"], ["O", "B-MISC"]])))
+    assert one["f1"] == other["f1"] == pytest.approx(1 / 3)
+    assert score_files(["seqeval"], wrong, [iobes])["scores"]["seqeval"]["f1"] == pytest.approx(1 / 3)
+
+
+def test_eval_reads_labels_as_finetune_does_trimmed_and_integer_valued(tmp_path):
+    predictions = write_lines(tmp_path / "p.txt", ["neg ", " pos", "1.0", "neg"])
+    references = write_lines(tmp_path / "r.txt", ["neg", "pos", "1", "pos"])
+    scores = score_files(["accuracy", "f1"], predictions, [references])["scores"]
+    assert scores["accuracy"]["accuracy"] == 0.75
+    assert sorted(scores["f1"]["f1_per_class"]) == ["1", "neg", "pos"]
+    jsonl = write_lines(tmp_path / "p.jsonl", [{"label": "neg\t"}, {"label": "pos"}, {"label": 1}, {"label": "pos "}])
+    assert score_files(["accuracy"], jsonl, [references])["scores"]["accuracy"]["accuracy"] == 1.0
+
+
+def _predict(*args, input=None):
+    return CliRunner(env={"COLUMNS": "200"}).invoke(app, ["predict", *args], input=input)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes("great\n".encode("utf-16")), "u16.txt: UTF-16 text, not UTF-8 text; re-save it as UTF-8"),
+    (lambda p: p.write_bytes(b"fine\ncaf\xe9\n"), "u16.txt: line 2 is not valid UTF-8 (byte 0xe9)"),
+    (lambda p: p.mkdir(), "u16.txt: is a directory"),
+])
+def test_predict_file_that_is_not_utf8_text_is_one_line_before_the_model_loads(tmp_path, make, message):
+    make(tmp_path / "u16.txt")
+    result = _predict("--model", str(tmp_path / "no-model"), "--file", str(tmp_path / "u16.txt"))
+    assert result.exit_code == 2 and result.stdout == "" and "Traceback" not in result.output
+    assert message in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_predict_reads_gz_files_and_refuses_truncated_ones_and_non_utf8_stdin(tiny_run, tmp_path):
+    import gzip
+
+    run_dir, _ = tiny_run
+    packed = tmp_path / "in.txt.gz"
+    packed.write_bytes(gzip.compress(b"great movie\r\n\r\nawful\r\n"))
+    result = _predict("--model", str(run_dir), "--file", str(packed))
+    assert result.exit_code == 0, result.output
+    assert [json.loads(line)["input"]["text"] for line in result.stdout.splitlines()] == ["great movie", "awful"]
+    cut = tmp_path / "cut.txt.gz"
+    cut.write_bytes(packed.read_bytes()[:15])
+    result = _predict("--model", str(run_dir), "--file", str(cut))
+    assert result.exit_code == 2 and result.stdout == "" and "cut.txt.gz: cannot be read" in result.stderr
+    result = _predict("--model", str(run_dir), input="good\n".encode("utf-16"))
+    assert result.exit_code == 2 and "stdin: UTF-16 text, not UTF-8 text" in result.stderr
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_predict_refuses_a_batch_size_below_1(tmp_path, size):
+    result = _predict("--model", str(tmp_path), "--batch-size", size, "hi")
+    assert result.exit_code == 2 and "--batch-size" in result.output and result.stdout.count("{") == 0
+
+
+def test_predict_never_prints_a_non_finite_score(tiny_run, monkeypatch):
+    import adapt.runner
+
+    run_dir, _ = tiny_run
+    monkeypatch.setattr(adapt.runner, "predict_stream", lambda *a, **k: iter([
+        {"input": {"text": "a"}, "label": "pos", "score": 0.5}, {"input": {"text": "b"}, "label": "pos", "score": float("nan")}]))
+    result = _predict("--model", str(run_dir), "a", "b")
+    assert result.exit_code == 2 and "NaN" not in result.stdout
+    assert f"{run_dir}: input 2 got a non-finite 'score' (nan)" in result.stderr

@@ -408,3 +408,165 @@ def test_unknown_language_code_is_one_line(tiny_mbart):
     task = get_task(resolve_recipe("translate", [("model", str(tiny_mbart)), ("task_options.tgt_lang", "xx_YY")]))
     with pytest.raises(AdaptError, match=r"task_options.tgt_lang: 'xx_YY' is no language code of the tokenizer"):
         task.load_tokenizer(str(tiny_mbart))
+
+
+# ---- export never destroys a run or files adapt did not write (wave 2) -------------------------------
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where, relation", [("run", "is the run folder"), ("run/merged", "is inside the run folder"),
+                                             (".", "holds the run folder")])
+def test_export_into_its_own_run_folder_is_refused(lora_three_labels, tmp_path, monkeypatch, where, relation):
+    shutil.copytree(lora_three_labels, tmp_path / "run")
+    before = tree(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    result = cli("export", "--model", "run", "--output", where, "--merge", "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: --output {where} {relation} run; exporting there would replace or alter "
+                                     "the run: choose an --output outside it")
+    assert tree(tmp_path) == before
+
+
+def test_export_overwrite_refuses_a_folder_adapt_did_not_write(lora_three_labels, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = cli("export", "--model", str(lora_three_labels), "--output", str(mine), "--merge", "--overwrite")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (f"error: --overwrite: {mine} is not an adapt export or run (no adapt recipe.yaml "
+                                     "beside a model), so adapt will not delete it; remove it yourself or choose "
+                                     "another --output")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # no temporary export left beside it
+
+
+def test_export_overwrite_replaces_an_earlier_export(lora_three_labels, tmp_path):
+    out = tmp_path / "merged"
+    assert cli("export", "--model", str(lora_three_labels), "--output", str(out), "--merge").exit_code == 0
+    first = tree(out)
+    result = cli("export", "--model", str(lora_three_labels), "--output", str(out), "--merge", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert tree(out) == first  # the same adapter merges to the same files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+# ---- adapters name an absolute local base; a missing base is one line (wave 2) -------------------------
+
+def test_lora_on_a_relative_local_model_records_its_absolute_path(tiny_bert, monkeypatch):
+    from adapt.lora import wrap_with_peft
+
+    monkeypatch.chdir(tiny_bert.parent)
+    task = get_task(resolve_recipe("sentiment", [("model", tiny_bert.name)]))
+    wrapped = wrap_with_peft(task.pretrained_model(tiny_bert.name, num_labels=2), PeftConfig(method="lora"), task)
+    assert wrapped.peft_config["default"].base_model_name_or_path == str(tiny_bert.resolve())
+
+
+def _with_base(lora_run: Path, folder: Path, base: str) -> Path:
+    shutil.copytree(lora_run, folder)
+    settings = json.loads((folder / "adapter_config.json").read_text())
+    settings["base_model_name_or_path"] = base
+    (folder / "adapter_config.json").write_text(json.dumps(settings))
+    return folder
+
+
+def test_adapter_whose_local_base_is_missing_is_one_line_without_the_hub(lora_three_labels, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    def no_hub(*args, **kwargs):
+        raise AssertionError("the Hub was asked")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
+    folder = _with_base(lora_three_labels, tmp_path / "run", "./models/tiny")
+    monkeypatch.chdir(tmp_path)
+    result = cli("predict", "--model", "run", "a film")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: run/adapter_config.json: base_model_name_or_path './models/tiny' is no folder (seen from {tmp_path}); "
+        "set base_model_name_or_path in that file to the base model's folder (an absolute path) or Hub id, then run "
+        "the command again")
+    assert folder.exists()
+
+
+def test_adapter_base_offline_and_not_cached_is_one_line(lora_three_labels, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    _with_base(lora_three_labels, tmp_path / "run", "tiny")
+    data = write_table(tmp_path / "v.csv", [("a", "neutral")])
+    result = cli("eval", "--model", str(tmp_path / "run"), "--data", str(data))
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().startswith(f"error: {tmp_path / 'run/adapter_config.json'}: base_model_name_or_path "
+                                            "'tiny' is no folder here (seen from ")
+    assert "nor a model in the Hugging Face cache (HF_HUB_OFFLINE is set)" in result.output
+
+
+# ---- NaN/inf in a checkpoint is named as such, before any write (wave 2) --------------------------------
+
+def _nan_copy(folder: Path, target: Path, key_end: str) -> tuple[Path, str]:
+    """A copy of a model folder with the first safetensors weight ending in `key_end` set to NaN."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, target)
+    weights = load_file(target / "model.safetensors")
+    key = next(k for k in weights if k.endswith(key_end))
+    weights[key][0, 0] = float("nan")
+    save_file(weights, str(target / "model.safetensors"), metadata={"format": "pt"})
+    return target, key
+
+
+def test_nan_in_the_base_checkpoint_is_named_before_the_output_dir(tiny_bert, tmp_path, adapt_cache):
+    model, key = _nan_copy(tiny_bert, tmp_path / "nan_bert", "layer.0.attention.self.query.weight")
+    out = tmp_path / "out"
+    data = write_table(tmp_path / "train.csv", sentiment_rows())
+    result = cli("finetune", "--model", str(model), "--data", str(data), "--output-dir", str(out), "--max-steps", "2",
+                 "tracking=[]")
+    assert result.exit_code == 2, result.output
+    error = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert error == [f"error: {model}: the checkpoint holds NaN/inf in weight bert.{key}; it is damaged: use an "
+                     "intact copy of the model (download or save it again)"]
+    assert not out.exists()
+
+
+def test_nan_in_a_trained_run_stops_predict_and_eval(tiny_run, tmp_path):
+    run, _ = _nan_copy(tiny_run[0], tmp_path / "run", "classifier.weight")
+    expected = (f"error: {run}: the checkpoint holds NaN/inf in weight classifier.weight; it is damaged: use an intact "
+                "copy of the model (download or save it again)")
+    for args in (("predict", "--model", str(run), "great"),
+                 ("eval", "--model", str(run), "--data", str(write_table(tmp_path / "v.csv", sentiment_rows())))):
+        result = cli(*args)
+        assert result.exit_code == 2, result.output
+        assert [line for line in result.output.splitlines() if line.startswith("error:")] == [expected]
+        assert "Traceback" not in result.output
+
+
+def test_adapter_base_on_an_unreachable_hub_is_one_line_without_retries(lora_three_labels, tmp_path, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    asked = []
+
+    def unreachable(repo_id, timeout=None):
+        asked.append(repo_id)
+        raise ConnectionError("[Errno -2] Name or service not known")
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("a download was tried (it retries for minutes)")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
+    _with_base(lora_three_labels, tmp_path / "run", "tiny")
+    monkeypatch.chdir(tmp_path)
+    result = cli("predict", "--model", "run", "a film")
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        f"error: run/adapter_config.json: base_model_name_or_path 'tiny' is no folder here (seen from {tmp_path}) and "
+        "the Hugging Face Hub cannot be reached (ConnectionError: [Errno -2] Name or service not known); set "
+        "base_model_name_or_path in that file to the base model's folder (an absolute path) or Hub id, then run the "
+        "command again")
+    assert asked == ["tiny"]

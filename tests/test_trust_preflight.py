@@ -366,3 +366,55 @@ def test_output_dir_that_cannot_be_written(tmp_path, monkeypatch):
     assert sorted(denied.iterdir()) == []  # nothing created
     preflight.check_output_dir(tmp_path / "fine" / "run")
     assert not (tmp_path / "fine").exists()
+
+
+# ---- wave 2 (W-B): override values and their errors ------------------------------------------------------
+def test_an_override_value_starting_with_hash_is_literal_text_not_a_comment():
+    assert parse_overrides(["data.columns.text=#1 String", "data.columns.label=tag # note",
+                            'data.columns.target="#quoted"', "data.validation=null", "data.test=~"]) == [
+        ("data.columns.text", "#1 String"), ("data.columns.label", "tag # note"),
+        ("data.columns.target", "#quoted"), ("data.validation", None), ("data.test", None)]
+    recipe = resolve_with_flags("pairs", {}, ["data.columns.text=#1 String", "data.columns.text_pair=#2 String"])
+    assert (recipe.data.columns.text, recipe.data.columns.text_pair) == ("#1 String", "#2 String")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=.inf", "override train.lr=.inf: bad value for 'train.lr': Input should be a finite number"),
+    ("train.seed=true", "override train.seed=true: bad value for 'train.seed': Input should be a number, not true"),
+    ("train.epochs=false",
+     "override train.epochs=false: bad value for 'train.epochs': Input should be a number, not false"),
+    ("data.columns.text=[a, b]",
+     "override data.columns.text=[a, b]: bad value for 'data.columns.text': Input should be a valid string"),
+    ("=5", "override '=5' has no key before =; write section.key=value (e.g. train.lr=3e-5)"),
+    ("train..lr=1", "override 'train..lr=1' has no key part between dots; write section.key=value (e.g. "
+                    "train.lr=3e-5)"),
+])
+def test_a_bad_override_is_blamed_on_the_override_not_the_recipe_file(override, message):
+    with pytest.raises(AdaptError) as err:
+        resolve_with_flags("sentiment", {}, [override])
+    assert str(err.value) == message
+
+
+def test_a_bad_flag_value_is_blamed_on_the_flag():
+    with pytest.raises(AdaptError) as err:
+        resolve_with_flags("sentiment", {"max_steps": 0}, [])
+    assert str(err.value) == "--max-steps 0: bad value for 'train.max_steps': Input should be greater than or equal to 1"
+
+
+def test_booleans_are_refused_for_numbers_but_every_shipped_recipe_still_loads():
+    from adapt.recipe import available_recipes
+
+    for name in available_recipes():
+        assert resolve_recipe(name).name
+    assert resolve_with_flags("sentiment", {}, ["train.seed=7", "train.lr=1"]).train.seed == 7
+    assert resolve_with_flags("sentiment", {}, ["trust_remote_code=true"]).trust_remote_code is True
+
+
+def test_finetune_on_conll_without_blank_lines_says_why_it_is_one_sentence(tmp_path, tiny_bert):
+    conll = tmp_path / "noblank.txt"
+    conll.write_text("John B-PER\nSmith I-PER\nlives O\nin O\nParis B-LOC\n", encoding="utf-8")
+    result, out = finetune(tmp_path, tiny_bert, conll, recipe="ner")
+    assert_refused(result, f"{conll}: holds 1 example, too few to carve a validation split from (need at least 2): "
+                           "its 5 lines have no blank line between them, so they read as one sentence",
+                   "add a blank line after each sentence or give --validation FILE")
+    assert not out.exists()

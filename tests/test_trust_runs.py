@@ -416,8 +416,10 @@ def test_a_full_disk_mid_run_is_one_line(tiny_bert, sentiment_csv_shared, tmp_pa
     monkeypatch.setattr(checkpoint, "save_main_state", no_space)
     out = tmp_path / "run"
     line = error_line(invoke(*run_args(tiny_bert, sentiment_csv_shared, out)))
+    # the first checkpoint failed: the attempt holds nothing to resume and is removed, so no --resume
     assert line == (f"error: cannot write {out / 'checkpoints/.tmp-step-2/optimizer.safetensors'}: the disk is full; "
-                    "free some space (or lower train.save_total_limit) and run the same command with --resume")
+                    "free some space (or lower train.save_total_limit) and run the same command")
+    assert not out.exists()
 
 
 def test_write_errors_elsewhere_are_not_reported_as_the_runs(tmp_path):
@@ -474,3 +476,91 @@ def test_a_swap_cut_short_is_repaired_at_the_next_start(tmp_path):
     replaced.mkdir()  # killed after the new run moved in: the old one goes
     rundir.recover_swap(out)
     assert not replaced.exists() and (out / "metrics.json").exists()
+
+
+# ---- a fresh run that fails leaves the output dir as it found it (wave 2) ----------------------------
+def test_a_fresh_run_that_diverges_leaves_nothing_and_reruns_without_overwrite(tiny_bert, sentiment_csv_shared,
+                                                                               tmp_path, adapt_cache):
+    out = tmp_path / "run"
+    line = error_line(invoke(*run_args(tiny_bert, sentiment_csv_shared, out, "train.lr=1e30")))
+    assert line.startswith("error: training diverged at steps 1-2: weight ")
+    assert line.endswith(f"; no model was saved. Nothing was kept in {out}. Lower train.lr (now 1e+30) and run the "
+                         "command again")
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapt_cache"]  # no lock file either
+    result = invoke(*run_args(tiny_bert, sentiment_csv_shared, out))  # the same command, a sane lr, no --overwrite
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "metrics.json").read_text())["train_steps"] == 6
+
+
+def test_an_error_before_the_first_checkpoint_empties_the_existing_output_dir(tiny_bert, sentiment_csv_shared,
+                                                                              tmp_path, adapt_cache, monkeypatch):
+    from adapt.errors import AdaptError
+
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def update(*args, **kwargs):
+        assert (out / "recipe.yaml").is_file() and (out / "train_log.jsonl").is_file()  # the run had written
+        raise AdaptError("stopped at step 1")
+
+    monkeypatch.setattr(adapt.train, "apply_update", update)
+    with pytest.raises(AdaptError, match="^stopped at step 1$"):
+        run_tiny_finetune(tiny_bert, sentiment_csv_shared, out, adapt_cache, RUN[len(TINY_RUN):])
+    assert out.is_dir() and list(out.iterdir()) == []
+
+
+def test_an_error_after_a_checkpoint_keeps_it_and_says_resume(tiny_bert, sentiment_csv_shared, tmp_path, adapt_cache,
+                                                              monkeypatch):
+    from adapt.errors import AdaptError
+
+    def fail(*args, **kwargs):
+        raise AdaptError("cannot write the model card")
+
+    monkeypatch.setattr(adapt.train, "write_final_artefacts", fail)
+    out = tmp_path / "run"
+    with pytest.raises(AdaptError) as caught:
+        run_tiny_finetune(tiny_bert, sentiment_csv_shared, out, adapt_cache, RUN[len(TINY_RUN):])
+    assert str(caught.value) == (f"cannot write the model card; the run's checkpoints in {out / 'checkpoints'} are "
+                                 "kept: once that is fixed, run the same command with --resume")
+    assert [step for step, _ in checkpoint.step_checkpoints(out / "checkpoints")] == [2, 4, 6]
+
+
+# ---- --resume of a finished run, notes on stderr (wave 2) -----------------------------------------------
+def test_resume_of_a_finished_run_says_it_finished(run_copy, tiny_bert, sentiment_csv_shared, adapt_cache):
+    shutil.rmtree(run_copy / "checkpoints")  # a run saved without step checkpoints (train.save_steps unset)
+    line = error_line(invoke(*run_args(tiny_bert, sentiment_csv_shared, run_copy, "--resume")))
+    assert line == (f"error: --resume: {run_copy} holds a finished run (at step 6) and no checkpoint to continue from; "
+                    "to train again pass --overwrite instead of --resume, or choose another --output-dir (a finished "
+                    "run cannot be extended: --max-steps/--epochs set its learning-rate schedule from the first step)")
+
+
+def test_resume_notes_go_to_stderr(run_copy, tiny_bert, sentiment_csv_shared, adapt_cache):
+    (run_copy / "checkpoints/step-6/scheduler.json").write_text("{")
+    result = invoke(*run_args(tiny_bert, sentiment_csv_shared, run_copy, "--resume"))
+    assert result.exit_code == 0, result.output
+    note = f"skipping damaged checkpoint {run_copy / 'checkpoints/step-6'} (scheduler.json has 1 bytes"
+    assert note in result.stderr and note not in result.stdout
+    resuming = f"resuming from {run_copy / 'checkpoints/step-4'} at step 4/6"
+    assert resuming in result.stderr and resuming not in result.stdout
+
+
+# ---- data inspect --plot: the path is checked before any work (wave 2) ----------------------------------
+@pytest.mark.parametrize("name, message", [
+    ("missing/dir/x.png", "the folder {parent} does not exist; create it first or choose a path in an existing folder"),
+    ("lengths.txt", "the file name must end in .png, .svg, .pdf (it sets the image format); choose e.g. lengths.png"),
+])
+def test_inspect_plot_path_is_checked_first(tiny_bert, sentiment_csv_shared, tmp_path, adapt_cache, name, message):
+    plot = tmp_path / name
+    line = error_line(invoke("data", "inspect", "--model", str(tiny_bert), "--data", str(sentiment_csv_shared),
+                             "--plot", str(plot)))
+    assert line == f"error: --plot {plot}: " + message.format(parent=plot.parent)
+    assert [p.name for p in tmp_path.iterdir() if p.name != "adapt_cache"] == []  # no folder made, no plot
+
+
+def test_inspect_plot_writes_the_format_its_name_asks_for(tiny_bert, sentiment_csv_shared, tmp_path, adapt_cache):
+    plot = tmp_path / "lengths.svg"
+    result = invoke("data", "inspect", "--model", str(tiny_bert), "--data", str(sentiment_csv_shared),
+                    "--plot", str(plot))
+    assert result.exit_code == 0, result.output
+    assert plot.read_text().lstrip().startswith("<?xml")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
+from collections.abc import Iterator
 from typing import Annotated, Any, Optional
 
 import typer
@@ -88,7 +90,7 @@ def predict(
     texts: Annotated[Optional[list[str]], typer.Argument(help="Inputs to predict on; none = read --file or stdin, one per line.", show_default=False)] = None,
     file: Annotated[Optional[str], typer.Option(help="Read inputs from this file, one per line (streamed).")] = None,
     output_format: Annotated[str, typer.Option("--format", help="jsonl (one JSON object per input) or table.")] = "jsonl",
-    batch_size: Annotated[int, typer.Option(help="Inputs per forward pass.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Inputs per forward pass.")] = 64,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Task option override key=value (e.g. task_options.max_new_tokens=64).")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option(help="Generation tasks: tokens to generate.")] = None,
     temperature: Annotated[Optional[float], typer.Option(help="Generation tasks: sampling temperature (0 = greedy).")] = None,
@@ -98,6 +100,7 @@ def predict(
     """Run a fine-tuned model on new inputs: labels, entities, answers or generated text."""
     from pathlib import Path
 
+    from adapt import data
     from adapt.runner import load_trained, predict_stream
     from adapt.ui import console, prediction_table
 
@@ -106,6 +109,9 @@ def predict(
     if file and not texts and not Path(file).is_file():  # found before the model loads
         raise AdaptError(f"--file {file}: {'is a directory' if Path(file).is_dir() else 'no such file'}; "
                          "give a text file with one input per line")
+    if file and not texts:
+        for _ in data.text_lines(Path(file)):  # the whole file decodes (UTF-8, intact compression) before the model loads
+            pass
     sets = list(overrides or [])
     for key, value in (("max_new_tokens", max_new_tokens), ("temperature", temperature), ("top_p", top_p)):
         if value is not None:
@@ -114,14 +120,36 @@ def predict(
     if texts:
         inputs = iter(texts)
     else:
-        handle = open(file, encoding="utf-8") if file else sys.stdin
-        inputs = (line.rstrip("\n") for line in handle if line.strip())
-    records = predict_stream(task, loaded, inputs, batch_size)
+        lines = data.text_lines(Path(file)) if file else data.decoded_lines(sys.stdin.buffer, "stdin")
+        inputs = (line for _, line in lines if line.strip())
+    records = _finite(predict_stream(task, loaded, inputs, batch_size), model)
     if output_format == "table":
         console.print(prediction_table(list(records)))
     elif output_format == "jsonl":
         for record in records:
-            sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_plain) + "\n")
+            sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_plain, allow_nan=False) + "\n")
+
+
+def _finite(records: Iterator[dict], model: str) -> Iterator[dict]:
+    """The prediction records, refusing one that holds a NaN/inf number (a score JSON cannot carry).
+
+    Raises:
+        AdaptError: naming the model folder, the input's number and the field."""
+    def bad(value) -> bool:
+        if isinstance(value, dict):
+            return any(bad(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(bad(v) for v in value)
+        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a numpy/torch scalar
+            value = value.item()
+        return isinstance(value, float) and not math.isfinite(value)
+
+    for number, record in enumerate(records, start=1):
+        field = next((key for key, value in record.items() if key != "input" and bad(value)), None)
+        if field is not None:
+            raise AdaptError(f"{model}: input {number} got a non-finite '{field}' ({record[field]!r}); the model's "
+                             "weights or outputs hold NaN/inf: retrain it (or use an earlier checkpoint)")
+        yield record
 
 
 def _plain(value: Any):

@@ -23,7 +23,7 @@ def _model_report(model: str, data: Optional[str], recipe: Optional[str], overri
 def eval_command(
     settings: Annotated[Optional[list[str]], typer.Argument(help="Recipe overrides as key=value for --model, e.g. data.max_eval_examples=50 (same as --set).", show_default=False)] = None,
     metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="Metric to compute; repeat for several: accuracy, f1, precision, recall, matthews, seqeval, squad, squad_v2, bleu, chrf, rouge, perplexity.")] = None,
-    predictions: Annotated[Optional[str], typer.Option("--predictions", "-p", help="Prediction file: one prediction per line, or .jsonl (label / tags / text / id+prediction_text).")] = None,
+    predictions: Annotated[Optional[str], typer.Option("--predictions", "-p", help="Prediction file: one prediction per line, or .jsonl: a run's predictions_validation.jsonl (its 'prediction' field is read, never the gold 'label'/'tags'), `adapt predict` output (label / tags / generated_text), text, or id+prediction_text.")] = None,
     references: Annotated[Optional[list[str]], typer.Option("--references", "-r", help="Reference file aligned with the predictions; repeat for several references (BLEU/chrF streams, SQuAD gold answers).")] = None,
     ci: Annotated[Optional[float], typer.Option("--ci", help="Add a bootstrap confidence interval at this level, e.g. 0.95.")] = None,
     compare: Annotated[Optional[str], typer.Option("--compare", help="Second prediction file: paired bootstrap test (Koehn 2004) against --predictions, reports a p-value.")] = None,

@@ -25,6 +25,30 @@ def _recipe(name: str, overrides: list[str] | None, **flags: Any):
     return resolve_with_flags(name, flags, overrides)
 
 
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def check_plot_path(plot: str) -> None:
+    """Refuse, before any work, a plot path whose folder does not exist or whose name has no image suffix.
+
+    Raises:
+        AdaptError: naming --plot and the fix.
+    """
+    from pathlib import Path
+
+    from adapt.errors import AdaptError
+
+    path = Path(plot)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise AdaptError(f"--plot {plot}: the file name must end in {', '.join(PLOT_SUFFIXES)} (it sets the image "
+                         "format); choose e.g. lengths.png")
+    if not path.parent.is_dir():
+        raise AdaptError(f"--plot {plot}: the folder {path.parent} does not exist; create it first or choose a path "
+                         "in an existing folder")
+    if path.is_dir():
+        raise AdaptError(f"--plot {plot} is a folder; give a file name ending in .png, .svg or .pdf")
+
+
 def _print_json(report: dict) -> None:
     typer.echo(json.dumps(report, indent=2, ensure_ascii=False, default=str))
 
@@ -37,11 +61,14 @@ def data_inspect_command(
     validation: ValidationOption = None,
     test: TestOption = None,
     max_train_examples: MaxTrainOption = None,
-    plot: Annotated[Optional[str], typer.Option(help="Write a token-length histogram PNG to this file.")] = None,
+    plot: Annotated[Optional[str], typer.Option(help="Write a token-length histogram to this file (.png, .svg or .pdf; its folder must exist).")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Check a recipe's data before training: sizes, labels, token lengths, truncation, duplicates, leakage."""
     from adapt.inspect_data import inspect_recipe
+
+    if plot:
+        check_plot_path(plot)
 
     resolved = _recipe(recipe, overrides, model=model, data=data, validation=validation, test=test,
                        max_train_examples=max_train_examples)

@@ -13,10 +13,11 @@ import json
 import lzma
 import re
 import shutil
+import sys
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterator
 
 from datasets import Dataset, load_from_disk
 
@@ -68,6 +69,50 @@ def read_text(path: Path) -> str:
         raise AdaptError(
             f"{path}: line {line} is not valid UTF-8 (byte 0x{raw[err.start]:02x}); re-save the file as UTF-8"
         ) from None
+
+
+def decoded_lines(handle: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
+    """(physical line number from 1, line without its line ending) of a binary stream of UTF-8 text, read one
+    line at a time (a leading BOM dropped), for inputs too large to hold whole (`adapt predict`'s --file, stdin).
+    `name` names the stream in errors.
+
+    Raises:
+        AdaptError: a line that is not UTF-8 (naming `name`, the line and what the bytes are when known, e.g.
+            UTF-16 text or gzip data), or a truncated/unreadable stream."""
+    number = 0
+    try:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                kind = _binary_kind(raw) if number == 1 else None
+                if kind:
+                    raise AdaptError(f"{name}: {kind}, not UTF-8 text; re-save it as UTF-8 text, one input per "
+                                     "line") from None
+                raise AdaptError(f"{name}: line {number} is not valid UTF-8 (byte 0x{raw[err.start]:02x}); re-save "
+                                 "the file as UTF-8") from None
+            yield number, line.rstrip("\r\n")
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as err:
+        where = f"after line {number}" if number else "from its start"
+        raise AdaptError(f"{name}: cannot be read {where} ({str(err) or type(err).__name__}); the file is "
+                         "truncated, corrupt or not what its name says: download or compress it again") from None
+
+
+def text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """`decoded_lines` of a local text file, transparently decompressed (.gz, .bz2, .xz).
+
+    Raises:
+        AdaptError: the file is missing or a folder, or as `decoded_lines`."""
+    path = Path(path)
+    if not path.is_file():
+        raise AdaptError(f"{path}: {'is a folder' if path.is_dir() else 'no such file'}; give a UTF-8 text file")
+    _, compression = split_suffix(path)
+    try:
+        handle = _OPENERS.get(compression, open)(path, "rb")
+    except OSError as err:
+        raise AdaptError(f"{path}: cannot be read ({err.strerror or err}); make the file readable") from None
+    with handle:
+        yield from decoded_lines(handle, str(path))
 
 
 def _jsonl_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -213,7 +258,10 @@ def _read_csv(path: Path, kind: str, text: str) -> Dataset:
                              f"{positions[name]} and {position}); rename or remove one")
         positions[name] = position
     columns: list[list[str]] = [[] for _ in header]
+    spanning: list[tuple[int, list[str]]] = []  # records with a quoted field that runs over several lines
     for line, row in records:
+        if any("\n" in field or "\r" in field for field in row):
+            spanning.append((line, row))
         if len(row) != len(header):
             if unnamed and len(row) == len(header) - len(unnamed):  # the header, not this line, is off
                 raise AdaptError(f"{path}: line {header_line}: header column {unnamed[0]} has no name (a stray "
@@ -226,7 +274,49 @@ def _read_csv(path: Path, kind: str, text: str) -> Dataset:
                              f"{spans}; fix that line")
         for column, value in zip(columns, row):
             column.append(value)
+    if spanning:
+        _check_spanning_fields(path, spanning, columns)
     return Dataset.from_dict(dict(zip(header, columns)))
+
+
+def _check_spanning_fields(path: Path, spanning: list[tuple[int, list[str]]], columns: list[list[str]]) -> None:
+    """Refuse the signature of an unclosed quote among `spanning` (line, record) pairs, else print one note.
+
+    Multi-line quoted fields are legal CSV (a review with a line break). An unclosed `"` instead swallows the
+    following lines into one field until the next quote: the lines inside such a field each split into whole
+    records again (the opening line into its remaining columns), with a value seen in that column of the file's
+    other records (e.g. a label). `columns` holds every record's values, column by column.
+
+    Raises:
+        AdaptError: "<path>: line N: a quote opens here and runs over lines N-M ...", N being the line of the
+            opening quote."""
+    width = len(columns)
+    seen = [{value.strip() for value in values if "\n" not in value and "\r" not in value} for values in columns]
+    for line, row in spanning:
+        opening = line
+        for k, field in enumerate(row):
+            pieces = field.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            if len(pieces) < 2:
+                continue
+            inner = [(pieces[0], k)] + [(piece, 0) for piece in pieces[1:-1]]
+            fits, matched = True, False
+            for text, first_column in inner:
+                parts = next(csv.reader([text]), [])
+                if len(parts) != width - first_column:
+                    fits = False
+                    break
+                matched = matched or any(parts[i - first_column].strip() in seen[i]
+                                         for i in range(first_column, width) if i != k and parts[i - first_column].strip())
+            if fits and matched:
+                last = opening + len(pieces) - 1
+                raise AdaptError(f"{path}: line {opening}: a quote (\") opens a field here that runs over lines "
+                                 f"{opening}-{last}, whose lines look like separate records: the quote is probably "
+                                 f"never closed; close it (or remove it) on line {opening}")
+            opening += len(pieces) - 1
+    many = len(spanning) > 1
+    print(f"note: {path}: {len(spanning)} record{'s' if many else ''} {'have' if many else 'has'} a quoted field "
+          f"running over several lines (first at line {spanning[0][0]}); {'each is' if many else 'it is'} read as one "
+          "example", file=sys.stderr)
 
 
 def _json_value_kind(value: Any) -> str | None:
@@ -509,17 +599,28 @@ def require_columns(ds: Dataset, names: list[str], source: str) -> None:
             )
 
 
-def carve_validation(ds: Dataset, fraction: float, seed: int, group_column: str | None = None) -> tuple[Dataset, Dataset]:
+def carve_validation(ds: Dataset, fraction: float, seed: int, group_column: str | None = None,
+                     source: str | None = None) -> tuple[Dataset, Dataset]:
     """Seeded train/validation split. With `group_column` whole groups (e.g. SQuAD articles) go to one side,
-    so no group appears in both."""
+    so no group appears in both. `source` (the file or id the examples came from) names them in errors.
+
+    Raises:
+        AdaptError: fewer than 2 examples (or groups): "<source>: holds 1 example, too few ...", saying why when
+            a plain-text file reads as one example because no blank line separates its lines."""
+    where = source or "the training data"
     if len(ds) < 2:
-        raise AdaptError("cannot carve a validation split from fewer than 2 examples; give --validation")
+        raise AdaptError(f"{where}: holds {len(ds)} example{'' if len(ds) == 1 else 's'}, too few to carve a "
+                         f"validation split from (need at least 2){_one_block_cause(source) or '; add examples'} or "
+                         "give --validation FILE")
     if group_column is None:
         parts = ds.train_test_split(test_size=fraction, seed=seed, shuffle=True)
         return parts["train"], parts["test"]
     import random
 
     groups = sorted(set(ds[group_column]))
+    if len(groups) < 2:
+        raise AdaptError(f"{where}: all {len(ds)} examples share one '{group_column}' ({str(groups[0])[:40]!r}), and "
+                         "a validation split takes whole groups; give --validation FILE or examples of more groups")
     random.Random(seed).shuffle(groups)
     n_val = max(1, round(len(groups) * fraction))
     val_groups = set(groups[:n_val])
@@ -527,6 +628,23 @@ def carve_validation(ds: Dataset, fraction: float, seed: int, group_column: str 
     train_idx = [i for i, v in enumerate(membership) if not v]
     val_idx = [i for i, v in enumerate(membership) if v]
     return ds.select(train_idx), ds.select(val_idx)
+
+
+def _one_block_cause(source: str | None) -> str:
+    """' because ...' when `source` is a non-table text file (CoNLL, plain text) of several non-blank lines with
+    no blank line between them, so the reader took it as one sentence/block; else ''."""
+    path = Path(source) if source else None
+    if path is None or not path.is_file() or split_suffix(path)[0] in TABLE_SUFFIXES:
+        return ""
+    try:
+        lines = read_text(path).strip().splitlines()
+    except AdaptError:
+        return ""
+    if len(lines) < 2 or any(not line.strip() for line in lines):
+        return ""
+    return (f": its {len(lines)} lines have no blank line between them, so they read as one sentence (CoNLL "
+            "files separate sentences, and text files separate examples, with blank lines); add a blank line after "
+            "each sentence")  # the caller appends " or give --validation FILE"
 
 
 def fingerprint_source(ref: str) -> str:

@@ -125,7 +125,58 @@ def wrap_with_peft(model, cfg: PeftConfig, task):
     settings = wrapped.peft_config["default"]
     if not settings.base_model_name_or_path and model.config.model_type == "encoder-decoder":
         settings.base_model_name_or_path = model.config.encoder._name_or_path  # warm-started: the encoder checkpoint
+    base = settings.base_model_name_or_path
+    if base and Path(base).is_dir():  # a local base: its absolute path, so the adapter loads from any directory
+        settings.base_model_name_or_path = str(Path(base).resolve())
     return wrapped
+
+
+def hub_offline() -> bool:
+    """True when the Hugging Face Hub client is told to stay offline (HF_HUB_OFFLINE)."""
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def in_hub_cache(repo_id: str) -> bool:
+    """True when the local Hugging Face cache holds `repo_id`'s config.json (what an offline load needs first)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+
+
+def hub_model_problem(repo_id: str) -> str | None:
+    """Why the model `repo_id` cannot be downloaded from the Hugging Face Hub now, from one request without
+    retries (the downloads retry a failed connection for minutes), or None when it can (or a login decides).
+    """
+    from huggingface_hub import model_info
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        model_info(repo_id, timeout=10)
+    except GatedRepoError:
+        return None  # the download says what access it needs
+    except RepositoryNotFoundError:
+        return "the Hugging Face Hub has no such model (or a private one: log in with `hf auth login`)"
+    except Exception as err:  # the HTTP client's connection errors have no common base in huggingface_hub
+        if "HTTPError" in type(err).__name__ and getattr(getattr(err, "response", None), "status_code", 0):
+            return None  # an answer from the Hub (rate limit, server error): let the download report it
+        return f"the Hugging Face Hub cannot be reached ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    return None
+
+
+def looks_like_local_path(name: str) -> bool:
+    """True when a model reference can only be a local path, never a Hub model id (`owner/name`): absolute or
+    relative to `.`/`~`, with backslashes, or with more than one `/`."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") > 1:
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
 
 
 def save_adapter_extras(model, folder: Path) -> None:
@@ -189,7 +240,27 @@ def load_adapter_model(path: str, task):
     if not base:
         raise AdaptError(f"{folder / 'adapter_config.json'} names no base_model_name_or_path; set it to the base "
                          "model's folder or Hub id")
-    model = task.adapter_base_model(folder, base)
+    config_file = folder / "adapter_config.json"
+    fix = ("set base_model_name_or_path in that file to the base model's folder (an absolute path) or Hub id, "
+           "then run the command again")
+    if not Path(base).is_dir():  # no Hub round trips for a path that is missing, or offline for an uncached id
+        if looks_like_local_path(base):
+            raise AdaptError(f"{config_file}: base_model_name_or_path '{base}' is no folder (seen from "
+                             f"{Path.cwd()}); {fix}")
+        if hub_offline() and not in_hub_cache(base):
+            raise AdaptError(f"{config_file}: base_model_name_or_path '{base}' is no folder here (seen from "
+                             f"{Path.cwd()}) nor a model in the Hugging Face cache (HF_HUB_OFFLINE is set); {fix}")
+        problem = None if hub_offline() or in_hub_cache(base) else hub_model_problem(base)
+        if problem:
+            raise AdaptError(f"{config_file}: base_model_name_or_path '{base}' is no folder here (seen from "
+                             f"{Path.cwd()}) and {problem}; {fix}")
+    try:
+        model = task.adapter_base_model(folder, base)
+    except AdaptError as err:
+        if Path(base).is_dir() or not str(err).startswith("cannot load the model"):
+            raise  # a base that was found but is unusable: model_load_error said why
+        raise AdaptError(f"{config_file}: base_model_name_or_path '{base}' is neither a folder here nor a Hub model "
+                         f"that can be loaded; {fix}") from None
     try:
         with quiet_peft():
             model = peft.PeftModel.from_pretrained(model, str(folder))
@@ -204,18 +275,51 @@ def load_adapter_model(path: str, task):
     return model
 
 
+def check_export_target(run_dir: Path, target: Path, overwrite: bool) -> None:
+    """Refuse, before anything is loaded or written, an export folder that would destroy a run or files adapt
+    did not write: `target` equal to, inside, or holding `run_dir`; a file; a non-empty folder without
+    `overwrite`; with `overwrite`, a folder that is neither an adapt export nor an adapt run (the rule of
+    `adapt finetune --overwrite`, adapt.rundir). The export itself is built beside `target` and swapped in.
+
+    Raises:
+        AdaptError: naming --output and the fix.
+    """
+    from adapt import rundir
+
+    source, output = run_dir.resolve(), target.resolve()
+    where = ("is the run folder" if output == source else "is inside the run folder" if output.is_relative_to(source)
+             else "holds the run folder" if source.is_relative_to(output) else None)
+    if where:
+        raise AdaptError(f"--output {target} {where} {run_dir}; exporting there would replace or alter the run: "
+                         "choose an --output outside it")
+    if target.exists() and not target.is_dir():
+        raise AdaptError(f"--output {target} is a file; choose a folder path for the exported checkpoint")
+    if not rundir.has_content(target):
+        return
+    if not overwrite:
+        raise AdaptError(f"output directory {target} is not empty; pass --overwrite or choose another --output")
+    if not (rundir.is_adapt_export(target) or rundir.is_adapt_run(target)):
+        raise AdaptError(f"--overwrite: {target} is not an adapt export or run (no adapt recipe.yaml beside a model), "
+                         "so adapt will not delete it; remove it yourself or choose another --output")
+
+
 def merge_adapter(run_dir: str, output_dir: str, overwrite: bool = False) -> Path:
-    """Write the base model with the adapter folded in: a plain checkpoint needing neither peft nor adapt."""
+    """Write the base model with the adapter folded in: a plain checkpoint needing neither peft nor adapt.
+    The folder is built beside `output_dir` and swapped in once complete (see `check_export_target` for what
+    may be replaced).
+
+    Raises:
+        AdaptError: no adapter in `run_dir`, or an `output_dir` that `check_export_target` refuses.
+    """
     import yaml
 
     from adapt import outputs
     from adapt.runner import load_trained
 
     target = Path(output_dir)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise AdaptError(f"output directory {target} is not empty; pass --overwrite or choose another --output")
     if not (Path(run_dir) / "adapter_config.json").exists():
         raise AdaptError(f"{run_dir} holds no adapter (no adapter_config.json); only LoRA/peft runs can be merged")
+    check_export_target(Path(run_dir), target, overwrite)
     task, model = load_trained(run_dir)
     merged = model.merge_and_unload()
     with outputs.AtomicDir(target) as tmp:

@@ -27,7 +27,7 @@ def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp)
+    fig.savefig(tmp, format=path.suffix.lstrip(".").lower() or "png")  # the format of the name asked for
     _pyplot().close(fig)
     os.replace(tmp, path)
     return path

@@ -20,6 +20,17 @@ class Strict(BaseModel):
     # allow_inf_nan=False: `train.lr=.inf` (or nan) is refused here, before any work, not trained into NaN weights
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info) -> Any:
+        """Refuse true/false for an int or float field: pydantic's lax mode reads `train.seed=true` as 1."""
+        if isinstance(value, bool):
+            annotation = cls.model_fields[info.field_name].annotation
+            kinds = set(get_args(annotation) or (annotation,))
+            if bool not in kinds and kinds & {int, float}:
+                raise ValueError(f"Input should be a number, not {str(value).lower()}")
+        return value
+
 
 class Columns(Strict):
     """Which columns of the raw data hold what; each task reads the ones it needs."""
@@ -125,12 +136,16 @@ class Recipe(Strict):
         self._data_note = note
 
 
-def _format_validation_error(err: ValidationError, source: str) -> str:
+def _format_validation_error(err: ValidationError, source: str, origins: dict[str, str] | None = None) -> str:
+    """One line for the first schema error. `origins` maps a dotted key to where its value came from on the
+    command line (`override train.lr=inf`, `--lr inf`); such a key is blamed on that, not on the recipe file."""
     first = err.errors()[0]
     key = ".".join(str(p) for p in first["loc"]) or "<root>"
+    origin = next((origins[k] for k in (origins or {}) if key == k or key.startswith(k + ".")), None)
+    where = origin or source
     if first["type"] == "extra_forbidden":
-        return f"{source}: unknown key '{key}'; see `adapt recipes show` for the valid keys"
-    return f"{source}: bad value for '{key}': {first['msg']}"
+        return f"{where}: unknown key '{key}'; see `adapt recipes show` for the valid keys"
+    return f"{where}: bad value for '{key}': {first['msg'].removeprefix('Value error, ')}"
 
 
 def available_recipes() -> dict[str, Path]:
@@ -238,16 +253,37 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
             raise AdaptError(f"override '{item}' is not of the form key=value (e.g. train.lr=3e-5)")
         key, text = item.split("=", 1)
         key = key.strip()
+        if not key or not all(part.strip() for part in key.split(".")):
+            raise AdaptError(f"override '{item}' has no key{' before =' if not key else ' part between dots'}; "
+                             "write section.key=value (e.g. train.lr=3e-5)")
         try:
             value = yaml.safe_load(text) if text else None
         except yaml.YAMLError:
             value = text
+        if value is None and text.strip() not in _YAML_NULLS:
+            value = text.strip()  # YAML read it as a comment (`data.columns.text=#1 String`): keep the text
+        elif isinstance(value, str) and "#" in text and "#" not in value:
+            value = text.strip()  # a trailing ` #...` that YAML dropped as a comment is part of the value
         if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
             value = float(value)  # YAML 1.1 wants a dot in floats, so it reads 3e-5 as a string
         if isinstance(value, (bool, int, float)) and _is_text_field(key):
             value = text.strip()  # `data.train=2024.csv` stays a file name, `model=007` is not the number 7
         parsed.append((key, value))
     return parsed
+
+
+_YAML_NULLS = {"", "null", "Null", "NULL", "~"}
+
+
+def override_origins(pairs: list[tuple[str, Any]], label: str = "override") -> dict[str, str]:
+    """{dotted key: "override key=value"} for messages that blame a bad value on the command line."""
+    def shown(value: Any) -> str:
+        if isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                      and value == value and abs(value) != float("inf")):
+            return str(value)  # 3e-05, not YAML's 3.0e-05
+        return yaml.safe_dump(value, default_flow_style=True).removesuffix("\n...\n").strip()  # true, null, .inf, [a, b]
+
+    return {key: f"{label} {key}={shown(value)}" for key, value in pairs}
 
 
 def _is_text_field(dotted_key: str) -> bool:
@@ -273,23 +309,28 @@ def resolve_recipe(name_or_path: str, overrides: list[tuple[str, Any]] = ()) -> 
     return _resolve(raw, source, overrides)
 
 
-def _resolve(raw: dict[str, Any], source: str, overrides) -> Recipe:
+def _resolve(raw: dict[str, Any], source: str, overrides, origins: dict[str, str] | None = None) -> Recipe:
+    """The validated recipe `raw` with `overrides` applied. A schema error in an overridden key names the
+    override (`origins`, by default `override KEY=VALUE` for each pair) instead of the recipe file."""
+    overrides = list(overrides)
     for key, value in overrides:
         apply_override(raw, key, value)
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as err:
-        raise AdaptError(_format_validation_error(err, source)) from None
+        origins = override_origins(overrides) if origins is None else origins
+        raise AdaptError(_format_validation_error(err, source, origins)) from None
     if recipe.output_dir is None:
         recipe.output_dir = str(Path("runs") / recipe.name)
     return recipe
 
 
-def recipe_from_dict(raw: dict[str, Any], source: str) -> Recipe:
+def recipe_from_dict(raw: dict[str, Any], source: str, origins: dict[str, str] | None = None) -> Recipe:
+    """The validated recipe of `raw` read from `source`; `origins` as in `_format_validation_error`."""
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise AdaptError(_format_validation_error(err, source)) from None
+        raise AdaptError(_format_validation_error(err, source, origins)) from None
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:
@@ -315,7 +356,9 @@ def resolve_with_flags(name_or_path: str, flags: dict[str, Any], overrides: list
     data, the recipe carries a one-line note of the data the run scores (`Recipe.data_note`), which
     `adapt.train` prints once every check has passed (so that a refused run prints only its error)."""
     pairs = [(FLAG_KEYS[k], v) for k, v in flags.items() if v is not None]
+    origins = {FLAG_KEYS[k]: f"--{k.replace('_', '-')} {v}" for k, v in flags.items() if v is not None}
     pairs += parse_overrides(list(overrides or []))
+    origins.update(override_origins(pairs[len(origins):]))
     raw, source = load_recipe_dict(name_or_path)
     given = {key for key, _ in pairs}
     own = raw.get("data") if isinstance(raw.get("data"), dict) else {}
@@ -325,7 +368,7 @@ def resolve_with_flags(name_or_path: str, flags: dict[str, Any], overrides: list
             if f"data.{role}" not in given and own.get(role):
                 dropped[role] = own[role]
                 pairs.append((f"data.{role}", None))
-    recipe = _resolve(raw, source, pairs)
+    recipe = _resolve(raw, source, pairs, origins)
     if "data.train" in given:
         recipe.data_note = scored_data_note(recipe, dropped)
     return recipe

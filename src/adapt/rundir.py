@@ -46,8 +46,17 @@ WRITE_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota 
 
 def is_adapt_run(folder: Path) -> bool:
     """True when `folder` holds an adapt run (finished or not): see the module docstring."""
-    if not all((folder / name).is_file() for name in RUN_MARKERS):
-        return False
+    return all((folder / name).is_file() for name in RUN_MARKERS) and _has_adapt_recipe(folder)
+
+
+def is_adapt_export(folder: Path) -> bool:
+    """True when `folder` holds what `adapt export --merge` writes: a model (config.json and safetensors
+    weights) with adapt's recipe.yaml (a mapping with `task` and `model`) beside it."""
+    return ((folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+            and (folder / "recipe.yaml").is_file() and _has_adapt_recipe(folder))
+
+
+def _has_adapt_recipe(folder: Path) -> bool:
     try:
         recipe = yaml.safe_load((folder / "recipe.yaml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
@@ -187,13 +196,16 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
 class RunPlan:
     """What a run does with its output directory. mode: `new` (empty or missing), `overwrite` (built in
     `work_dir` beside it, swapped in at the end), `resume` (from `checkpoint`) or `restart` (--resume of an
-    attempt that stopped before its first checkpoint: the same recipe starts afresh in place)."""
+    attempt that stopped before its first checkpoint: the same recipe starts afresh in place). `existed`:
+    whether the output directory existed when planned; `touched`: set once `prepare` has written to it."""
 
     output_dir: Path
     work_dir: Path
     mode: str
     checkpoint: Path | None = None
     notices: tuple[str, ...] = ()
+    existed: bool = True
+    touched: bool = False
 
     @property
     def staging(self) -> Path:
@@ -245,9 +257,14 @@ def plan_run(output_dir: Path, recipe, overwrite: bool, resume: bool | str | Non
             return RunPlan(output_dir, output_dir, "restart", notices=(
                 f"{output_dir} holds an attempt of this recipe that stopped before its first checkpoint: "
                 "starting it afresh",))
+        if is_adapt_run(output_dir) and (output_dir / "metrics.json").exists():
+            raise AdaptError(f"--resume: {output_dir} holds a finished run ({finished_at(output_dir)}) and no "
+                             "checkpoint to continue from; to train again pass --overwrite instead of --resume, or choose another "
+                             "--output-dir (a finished run cannot be extended: --max-steps/--epochs set its "
+                             "learning-rate schedule from the first step)")
         raise AdaptError(f"--resume: no complete checkpoint in {checkpoints}; start without --resume")
     if not has_content(output_dir):
-        return RunPlan(output_dir, output_dir, "new")
+        return RunPlan(output_dir, output_dir, "new", existed=output_dir.exists())
     if not overwrite:
         raise AdaptError(f"output directory {output_dir} is not empty; pass --overwrite to replace it, "
                          "--resume to continue it, or choose another --output-dir")
@@ -256,6 +273,17 @@ def plan_run(output_dir: Path, recipe, overwrite: bool, resume: bool | str | Non
                          "adapt will not delete it; remove it yourself or choose another --output-dir")
     _check_writable(output_dir)
     return RunPlan(output_dir, staging_dir(output_dir), "overwrite")
+
+
+def finished_at(folder: Path) -> str:
+    """`at step N` for a finished run folder (its metrics.json `train_steps`), else `its step is not recorded`."""
+    import json
+
+    try:
+        steps = json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("train_steps")
+    except (OSError, ValueError, AttributeError):
+        steps = None
+    return f"at step {steps}" if isinstance(steps, int) else "its step is not recorded"
 
 
 def _check_writable(folder: Path) -> None:
@@ -288,6 +316,7 @@ def recover_swap(output_dir: Path) -> None:
 def prepare(plan: RunPlan) -> None:
     """The run's first writes, once all validation has passed: remove the unfinished replacement and the
     stale temporaries of dead runs, create the work folder. Call while holding the RunLock."""
+    plan.touched = True
     if plan.staging.exists():  # a replacement that never finished
         shutil.rmtree(plan.staging)
     clean_stale_temporaries(plan.output_dir)
@@ -312,3 +341,25 @@ def discard(plan: RunPlan) -> None:
     """After a failed or interrupted `overwrite` run: remove its partial replacement; the old run is untouched."""
     if plan.mode == "overwrite":
         shutil.rmtree(plan.work_dir, ignore_errors=True)
+
+
+def remove_failed_attempt(plan: RunPlan) -> bool:
+    """After a fresh run (`new`, or a `restart`ed attempt) stopped with an error: when it saved no complete
+    checkpoint, remove what it wrote, leaving the output directory as the run found it (removed if the run
+    created it, else empty), so the same command runs again without --overwrite. Runs with a checkpoint are
+    kept, for --resume. Returns True when the attempt was removed. Call while holding the RunLock."""
+    from adapt import checkpoint
+
+    if plan.mode not in ("new", "restart") or not plan.touched or not plan.output_dir.is_dir():
+        return False
+    if checkpoint.step_checkpoints(plan.output_dir / "checkpoints"):
+        return False
+    if not plan.existed:
+        shutil.rmtree(plan.output_dir, ignore_errors=True)
+        return True
+    for item in plan.output_dir.iterdir():
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item, ignore_errors=True)
+        else:
+            item.unlink(missing_ok=True)
+    return True

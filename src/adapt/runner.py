@@ -34,7 +34,9 @@ def trained_task(model_dir: str, recipe: str | None = None, overrides: list[str]
 
         for key, value in pairs:
             apply_override(raw, key, value)
-        resolved = recipe_from_dict(raw, str(folder / "recipe.yaml"))
+        from adapt.recipe import override_origins
+
+        resolved = recipe_from_dict(raw, str(folder / "recipe.yaml"), override_origins(pairs))
     else:
         raise AdaptError(f"{folder} has no recipe.yaml (not trained by adapt); pass --recipe to say which task it is")
     resolved.model = str(folder)
@@ -59,6 +61,9 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
     task.load_tokenizer(str(folder))
     model = task.load_trained(str(folder))
     from adapt import padding_free, runtime
+    from adapt.tasks.base import check_finite_weights
+
+    check_finite_weights(model, str(folder))  # NaN weights would predict NaN scores and a constant label
 
     padding_free.install_for_task(model, task)
     task.restore_from_model(model)

@@ -3,7 +3,6 @@ render the result as a table or JSON, and write per-example output."""
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from adapt.data import text_lines
 from adapt.errors import AdaptError
 from adapt.metrics.classification import classification_scores
 from adapt.metrics.generation import ROUGE_TYPES, bleu_tokenizer, rouge_example_scores, score_from_stats, sentence_stats
@@ -36,11 +36,20 @@ METRICS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
     "chrf": ("text", None, "chrf"),
     "rouge": ("text", None, "rougeL"),
 }
-_JSON_FIELD = {"classification": "label", "seqeval": "tags", "text": "text"}
+# JSONL fields read per kind of metric, first present wins. A run's predictions_validation.jsonl row holds the
+# gold ('label', 'tags', 'references') beside the model's 'prediction': --predictions reads the prediction side,
+# --references the gold side, so one such file can be both. `adapt predict` writes 'label'/'tags'/'generated_text'.
+_PREDICTION_FIELDS = {"classification": ("prediction", "label"), "seqeval": ("prediction", "tags"),
+                      "text": ("prediction", "generated_text", "text")}
+_REFERENCE_FIELDS = {"classification": ("label",), "seqeval": ("tags",), "text": ("references", "target", "text")}
+# fields that mark a row as gold data or as per-example perplexity, never as a prediction of that kind
+_NOT_PREDICTION_FIELDS = {"text": ("references", "target", "nll", "perplexity")}
 _FORMAT = {  # what each kind of file holds, told when a file does not fit
-    "classification": "one label per line, or .jsonl with a 'label' field",
-    "seqeval": "one sentence of space-separated IOB tags per line, or .jsonl with a 'tags' list",
-    "text": "one text per line, or .jsonl with a 'text' field",
+    "classification": "one label per line, or .jsonl with a 'prediction' or 'label' field (references: 'label')",
+    "seqeval": "one sentence of space-separated IOB tags per line, or .jsonl with a 'prediction' or 'tags' list "
+               "(references: 'tags')",
+    "text": "one text per line, or .jsonl with a 'prediction', 'generated_text' or 'text' field (references: "
+            "'references' list, 'target' or 'text')",
     "squad": "SQuAD .jsonl: predictions with 'id' and 'prediction_text', references with 'id' and "
              "'answers': {'text': [...]}",
 }
@@ -57,18 +66,13 @@ class Examples:
 
 
 def _records(path: str) -> list[tuple[int, str]]:
-    """(line number, line) of a text file (gzip when it ends in .gz), without trailing newlines."""
+    """(line number, line) of a UTF-8 text file (decompressed when it ends in .gz/.bz2/.xz), without line endings,
+    read by `adapt.data.text_lines` (errors name the file and line)."""
     file = Path(path)
     if not file.is_file():
         raise AdaptError(f"{path}: {'is a directory' if file.is_dir() else 'no such file'}; give a file with one "
                          "example per line (or .jsonl)")
-    opener = gzip.open if file.suffix == ".gz" else open
-    try:
-        with opener(file, "rt", encoding="utf-8") as handle:
-            lines = [(n, line.rstrip("\r\n")) for n, line in enumerate(handle, start=1)]
-    except (UnicodeDecodeError, OSError, EOFError) as err:
-        raise AdaptError(f"{path}: cannot be read as UTF-8 text{' (gzip)' if opener is gzip.open else ''} "
-                         f"({type(err).__name__}); give a text file") from None
+    lines = list(text_lines(file))
     if not any(line.strip() for _, line in lines):
         raise AdaptError(f"{path} is empty; give a file with one example per line")
     return lines
@@ -95,20 +99,41 @@ def _field(path: str, n: int, record: dict, key: str, kind: str):
     return record[key]
 
 
+def _side_value(path: str, n: int, record: dict, kind: str, is_prediction: bool):
+    """The value on the prediction side (`is_prediction`: --predictions) or the gold side (--references) of
+    JSONL row `n`: the first field of `_PREDICTION_FIELDS` / `_REFERENCE_FIELDS` it has.
+
+    Raises:
+        AdaptError: naming the file, the line and the row's fields when it has none of them, or when a
+            prediction is asked of a row that holds only gold data or per-example perplexity."""
+    keys = (_PREDICTION_FIELDS if is_prediction else _REFERENCE_FIELDS)[kind]
+    key = next((k for k in keys if k in record), None)
+    blocked = [k for k in _NOT_PREDICTION_FIELDS.get(kind, ()) if k in record] if is_prediction else []
+    if key is None or (blocked and key not in ("prediction", "generated_text")):
+        if blocked:
+            held = "per-example perplexity" if {"nll", "perplexity"} & set(blocked) else "gold data"
+            reason = f"the row holds {held} ({', '.join(blocked)}), not a prediction"
+        else:
+            reason = f"no {'prediction' if is_prediction else 'reference'} field ({', '.join(keys)})"
+        raise AdaptError(f"{path} line {n}: {reason}; the row has: {', '.join(map(str, record)) or 'no fields'}; "
+                         f"{kind} metrics read {_FORMAT[kind]}")
+    return record[key]
+
+
 def _checked(path: str, n: int, value, kind: str):
-    """`value` of line `n` if the metric kind can score it; AdaptError naming the file and line if not."""
+    """`value` of line `n` if the metric kind can score it; AdaptError naming the file and line if not. A text
+    reference may be a list of texts (several references of one example)."""
     if kind == "classification":
         if value is None or isinstance(value, (dict, list)) or (isinstance(value, float) and not math.isfinite(value)):
             raise AdaptError(f"{path} line {n}: label {value!r} is not a class; give every example a label")
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)  # 1.0 and 1 are one class
-        value = str(value)
-        if not value.strip():
+        if not str(value).strip():
             raise AdaptError(f"{path} line {n}: empty label; give every example a label")
-        return value
+        return value  # normalised with the whole column by `class_labels`, as `adapt finetune` reads labels
     if kind == "text":
-        if not isinstance(value, str):
-            raise AdaptError(f"{path} line {n}: text {value!r} is not a string; {_FORMAT[kind]}")
+        texts = value if isinstance(value, list) and value else [value]
+        if not all(isinstance(text, str) for text in texts):
+            raise AdaptError(f"{path} line {n}: text {value!r} is not a string (or a list of strings); "
+                             f"{_FORMAT[kind]}")
         return value
     if not isinstance(value, list):
         raise AdaptError(f"{path} line {n}: tags must be a list of strings, got {type(value).__name__}")
@@ -119,14 +144,21 @@ def _checked(path: str, n: int, value, kind: str):
     return value
 
 
-def _values(path: str, kind: str) -> list[tuple[int, object]]:
-    """(line number, value) per example: a JSONL field (label, tags, text) or a plain line (tags split on
-    spaces), checked as `_checked` does."""
+def _values(path: str, kind: str, is_prediction: bool) -> list[tuple[int, object]]:
+    """(line number, value) per example: a JSONL row's prediction or gold field (`_side_value`) or a plain line
+    (tags split on spaces), checked as `_checked` does. Class labels are read as `adapt finetune` reads them
+    (`class_labels`: whitespace-trimmed; 1, 1.0 and "1.0" are one class)."""
     if path.endswith(".jsonl"):
-        rows = [(n, _field(path, n, r, _JSON_FIELD[kind], kind)) for n, r in _jsonl(path)]
+        rows = [(n, _side_value(path, n, r, kind, is_prediction)) for n, r in _jsonl(path)]
     else:
         rows = [(n, line.split() if kind == "seqeval" else line) for n, line in _records(path)]
-    return [(n, _checked(path, n, value, kind)) for n, value in rows]
+    checked = [(n, _checked(path, n, value, kind)) for n, value in rows]
+    if kind == "classification":
+        from adapt.tasks.classification import class_labels  # the one reading of labels, shared with finetune
+
+        labels = class_labels([value for _, value in checked], path, None)
+        checked = [(n, label) for (n, _), label in zip(checked, labels)]
+    return checked
 
 
 def _squad_file(path: str, is_prediction: bool) -> tuple[dict, dict]:
@@ -180,6 +212,23 @@ def _check_lengths(predictions: str, n_preds: int, references: list[str], n_refs
             raise AdaptError(f"{predictions} has {n_preds} examples but {path} has {n}; they must align line by line")
 
 
+def _reference_streams(path: str, numbered: list[tuple[int, object]]) -> list[list]:
+    """The reference streams of one --references file: one stream, or, when its JSONL rows hold a list of
+    texts ('references' of a seq2seq run's predictions_validation.jsonl), one stream per list position.
+
+    Raises:
+        AdaptError: naming the file and line when the lists differ in length (streams must align)."""
+    if not any(isinstance(value, list) for _, value in numbered):
+        return [[value for _, value in numbered]]
+    width = len(numbered[0][1]) if isinstance(numbered[0][1], list) else 1
+    for n, value in numbered:
+        if not isinstance(value, list) or len(value) != width:
+            count = len(value) if isinstance(value, list) else 1
+            raise AdaptError(f"{path} line {n}: {count} references but line {numbered[0][0]} has {width}; give "
+                             "every example the same number of references (or one reference file per stream)")
+    return [[value[i] for _, value in numbered] for i in range(width)]
+
+
 def read_examples(kind: str, predictions: str, references: list[str]) -> Examples:
     """Read and align a prediction file with its reference file(s) for one kind of metric."""
     if not references:
@@ -188,11 +237,16 @@ def read_examples(kind: str, predictions: str, references: list[str]) -> Example
         return _read_squad(predictions, references)
     if kind != "text" and len(references) > 1:
         raise AdaptError(f"{kind} metrics take one --references file, got {len(references)}")
-    numbered = _values(predictions, kind)
-    numbered_streams = [_values(path, kind) for path in references]
+    numbered = _values(predictions, kind, is_prediction=True)
+    numbered_streams = [_values(path, kind, is_prediction=False) for path in references]
     _check_lengths(predictions, len(numbered), references, [len(s) for s in numbered_streams])
     preds = [value for _, value in numbered]
-    streams = [[value for _, value in stream] for stream in numbered_streams]
+    streams = [stream for path, numbered_refs in zip(references, numbered_streams)
+               for stream in (_reference_streams(path, numbered_refs) if kind == "text"
+                              else [[value for _, value in numbered_refs]])]
+    if kind == "text" and any(not isinstance(p, str) for p in preds):
+        n = next(n for n, p in numbered if not isinstance(p, str))
+        raise AdaptError(f"{predictions} line {n}: a prediction must be one text, not a list")
     if kind == "classification" and not set(preds) & set(streams[0]):
         raise AdaptError(
             f"{predictions} line 1: label '{preds[0]}' never occurs in {references[0]}, nor does any other "
@@ -203,10 +257,6 @@ def read_examples(kind: str, predictions: str, references: list[str]) -> Example
             if len(p) != len(r):
                 raise AdaptError(f"{predictions} line {n}: {len(p)} tags but {references[0]} line {m} has "
                                  f"{len(r)}; each prediction needs one tag per reference token")
-        scheme = tag_scheme(streams[0])
-        if scheme != "IOBES" and tag_scheme(preds) == "IOBES":
-            raise AdaptError(f"{predictions} has E-/S- tags (IOBES) but {references[0]} is {scheme}; "
-                             "write both files in one tagging scheme")
     return Examples([str(i) for i in range(1, len(preds) + 1)], preds, [list(refs) for refs in zip(*streams)])
 
 
@@ -285,6 +335,11 @@ def score_files(
         if metric == "bleu":
             bleu_tokens, reason = bleu_tokenizer(tokenize, target_lang, [list(s) for s in zip(*examples.references)])
             report["notes"].append(f"BLEU tokenize={bleu_tokens} ({reason})")
+        if metric == "seqeval":
+            schemes = (tag_scheme(examples.predictions), tag_scheme([r[0] for r in examples.references]))
+            if (schemes[0] == "IOBES") != (schemes[1] == "IOBES"):
+                report["notes"].append(f"seqeval: predictions are {schemes[0]} and references {schemes[1]}; both "
+                                       "were scored as IOB2 (S- read as B-, E- as I-: the same entities)")
         main = scorer(metric, examples, bleu_tokens)
         report["scores"][metric] = _select(metric, main.score(main.stats))
         if "signature" in report["scores"][metric]:

@@ -27,7 +27,7 @@ from adapt.errors import AdaptError
 from adapt.precision import TrainableWeights
 from adapt.recipe import Recipe, recipe_to_yaml
 from adapt.tasks import get_task
-from adapt.tasks.base import Task, set_pad_multiple
+from adapt.tasks.base import Task, check_finite_weights, set_pad_multiple
 from adapt.ui import console, summary_table, training_progress
 
 CHECKPOINTS = "checkpoints"
@@ -183,6 +183,7 @@ def build_training_model(task: Task, model_path: str, recipe: Recipe):
     """The model a run trains: pretrained weights with the padding-free forward where the architecture has
     one, LoRA (or another peft method) if the recipe asks, gradient checkpointing if asked."""
     model = task.build_model(model_path)
+    check_finite_weights(model, recipe.model)  # a damaged checkpoint, not a diverged run: before any write
     padding_free.install_for_task(model, task)
     if recipe.peft:
         from adapt.lora import wrap_with_peft
@@ -344,11 +345,18 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
         try:
             return _train(recipe, plan, interrupted)
         except BaseException as err:
+            removed = False  # a fresh run that failed before its first checkpoint leaves nothing behind
             if is_main:
                 rundir.discard(plan)
-            failure = rundir.write_error(err, (output_dir, plan.work_dir), resumable=plan.mode != "overwrite")
+                removed = isinstance(err, (AdaptError, OSError)) and rundir.remove_failed_attempt(plan)
+            failure = rundir.write_error(err, (output_dir, plan.work_dir),
+                                         resumable=plan.mode != "overwrite" and not removed)
             if failure is not None:
                 raise failure from None
+            if (is_main and isinstance(err, AdaptError) and not isinstance(err, TrainingDiverged)
+                    and plan.touched and not removed and plan.mode in ("new", "restart")):
+                raise AdaptError(f"{err}; the run's checkpoints in {plan.work_dir / CHECKPOINTS} are kept: once that "
+                                 "is fixed, run the same command with --resume") from None
             raise
 
 
@@ -364,15 +372,20 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
     set_seed(cfg.seed)
     set_pad_multiple(8 if accelerator.device.type == "cuda" else 1)
 
+    def note(text: str) -> None:
+        """A note to the user: on stderr (stdout carries results), from the main process only."""
+        if is_main:
+            print(text, file=sys.stderr)
+
     for notice in plan.notices:
-        accelerator.print(notice)
+        note(notice)
 
     task, model_path, raw, features = load_task_data(recipe, accelerator)  # data, settings and model limits checked
     t_data = time.perf_counter() - t_start
     model = build_training_model(task, model_path, recipe)
     run = run_description(recipe, raw, world)
     if plan.mode == "resume":
-        check_resumable(plan.checkpoint, run, accelerator.print)
+        check_resumable(plan.checkpoint, run, note)
     if recipe.data_note and is_main:  # every check passed: say which data the run scores (the command line set it)
         print(recipe.data_note, file=sys.stderr)
 
@@ -412,7 +425,7 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         if is_main:  # drop log lines written after the checkpoint, which the resumed run will redo
             kept = [r for r in outputs.read_log(log.path) if r.get("step", 0) <= state.step]
             outputs.atomic_write_text(log.path, outputs.jsonl_text(kept))
-        accelerator.print(f"resuming from {folder} at step {state.step}/{total_steps}")
+        note(f"resuming from {folder} at step {state.step}/{total_steps}")
     if recipe.tracking:
         accelerator.init_trackers("tensorboard" if "tensorboard" in recipe.tracking else recipe.name,
                                   config={"lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs})
@@ -432,10 +445,14 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
             return
         what = f"the training loss is {loss_sum}" if bad_weight is None else f"weight {bad_weight} is NaN/inf"
         steps = f"step {state.step}" if checked_step >= state.step - 1 else f"steps {checked_step + 1}-{state.step}"
-        kept = (f"{output_dir} still holds the previous run" if plan.mode == "overwrite"  # the attempt is discarded
-                else f"Last good checkpoint: {last_checkpoint or 'none'}")
+        if plan.mode == "overwrite":  # the attempt is discarded
+            kept, again = f"{output_dir} still holds the previous run", "start again with --overwrite"
+        elif last_checkpoint is None:  # a fresh run without a checkpoint: finetune removes what it wrote
+            kept, again = f"Nothing was kept in {output_dir}", "run the command again"
+        else:
+            kept, again = f"Last good checkpoint: {last_checkpoint}", "start again with --overwrite"
         raise TrainingDiverged(f"training diverged at {steps}: {what}; no model was saved. {kept}. Lower train.lr "
-                               f"(now {cfg.lr}) and start again with --overwrite")
+                               f"(now {cfg.lr}) and {again}")
 
     def new_window(saved: dict | None = None) -> dict:
         """The sums behind the next log line, from zero or from a checkpoint's open window."""
@@ -595,8 +612,8 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
                 folder = last_checkpoint if just_saved else save_checkpoint()
                 raise Interrupted(f"{why}; checkpoint saved to {folder}. Resume with the same command plus --resume")
             if stopped_early:
-                accelerator.print(f"early stopping at step {state.step}: no {metric_name} improvement in "
-                                  f"{cfg.early_stopping_patience} evaluations")
+                note(f"early stopping at step {state.step}: no {metric_name} improvement in "
+                     f"{cfg.early_stopping_patience} evaluations")
                 break
     # the optimizer moments and gradient buffers (4x the trainable weights in fp32) are no longer needed:
     # the test evaluation and the save that follow run in their memory

@@ -49,6 +49,19 @@ def tag_scheme(sentences: list[list[str]]) -> str:
     return scheme
 
 
+def common_scheme(predictions: list[list[str]], references: list[list[str]]) -> tuple[list, list, str]:
+    """(predictions, references, scheme) ready to score together, the same whichever side is which: when exactly
+    one side uses E-/S- tags (IOBES) both are rewritten in IOB2 with the task's one tag decoder
+    (`adapt.tasks.token_classification.to_iob2`, the same entities read leniently) and the scheme is "IOB2";
+    otherwise both are returned unchanged with the references' scheme (`tag_scheme`)."""
+    scheme, predicted = tag_scheme(references), tag_scheme(predictions)
+    if (scheme == "IOBES") == (predicted == "IOBES"):
+        return predictions, references, scheme
+    from adapt.tasks.token_classification import to_iob2  # the one decoder of tags; imported only when needed
+
+    return [to_iob2(p) for p in predictions], [to_iob2(r) for r in references], "IOB2"
+
+
 def _report(references, predictions, **mode) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -65,8 +78,11 @@ def seqeval_scores(predictions: list[list[str]], references: list[list[str]]) ->
     references' scheme (IOB2, IOB1 or IOBES; see `tag_scheme`): an entity counts only when its type and
     exact span are well-formed in that scheme. `accuracy` is token accuracy.
 
-    Raises AdaptError when the counts of sentences or of tags in a sentence differ, when a tag is neither O
-    nor B-/I-/E-/S-TYPE, or when the predictions use E-/S- tags against references that are not IOBES.
+    When only one side is IOBES, both are scored in IOB2 (`common_scheme`), so the order of the files never
+    changes the scores.
+
+    Raises AdaptError when the counts of sentences or of tags in a sentence differ, or when a tag is neither O
+    nor B-/I-/E-/S-TYPE.
     """
     if len(predictions) != len(references):
         raise AdaptError(f"{len(predictions)} predicted sentences but {len(references)} reference sentences")
@@ -77,10 +93,7 @@ def seqeval_scores(predictions: list[list[str]], references: list[list[str]]) ->
             raise AdaptError(f"sentence {i + 1}: {len(p)} predicted tags but {len(r)} reference tags")
     check_tags(references, "reference sentence")
     check_tags(predictions, "predicted sentence")
-    scheme = tag_scheme(references)
-    if scheme != "IOBES" and tag_scheme(predictions) == "IOBES":
-        raise AdaptError(f"the predictions use E-/S- tags (IOBES) but the references are {scheme}; "
-                         "write both files in one tagging scheme")
+    predictions, references, scheme = common_scheme(predictions, references)
     report = _report(references, predictions)
     strict = _report(references, predictions, mode="strict", scheme=_SCHEMES[scheme])
     empty = {"precision": 0.0, "recall": 0.0, "f1-score": 0.0}

@@ -89,7 +89,7 @@ class Task:
             validation = self.read_source(cfg.validation, cfg.validation_split)
         elif data.is_local(cfg.train) or assets.is_embedded(cfg.train):
             train, validation = data.carve_validation(
-                train, cfg.validation_fraction, self.recipe.train.seed, self.group_column
+                train, cfg.validation_fraction, self.recipe.train.seed, self.group_column, source=cfg.train
             )
         else:  # Hub dataset: use its own validation split
             validation = self.read_source(cfg.train, cfg.validation_split)
@@ -232,6 +232,27 @@ def model_load_error(path: str, err: Exception) -> AdaptError:
                       "or embedded:NAME")
 
 
+def check_finite_weights(model, source: str) -> None:
+    """Refuse a loaded model whose parameters hold NaN or inf (a damaged checkpoint; buffers are not read, some
+    hold -inf masks by design), right after loading, before any training, prediction or output-directory write.
+    `source` names the checkpoint (a model folder, Hub id, or run folder) in the message; peft's wrapper
+    prefixes are removed from the weight name, so it reads as in the checkpoint.
+
+    Raises:
+        AdaptError: "<source>: the checkpoint holds NaN/inf in weight <name>; ..."
+    """
+    tensors = list(model.named_parameters())
+    if not tensors:
+        return
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])
+    if bool(finite.all()):
+        return
+    name = tensors[int((~finite).nonzero()[0])][0]
+    name = name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".default.", ".")
+    raise AdaptError(f"{source}: the checkpoint holds NaN/inf in weight {name}; it is damaged: use an intact copy "
+                     "of the model (download or save it again)")
+
+
 # generation-config flags that only one decoding mode reads; transformers refuses to save a modified config
 # that sets them for another mode (e.g. a checkpoint's `temperature: 0.6` under greedy decoding)
 SAMPLING_ONLY_FLAGS = ("temperature", "top_p", "top_k", "min_p", "top_h", "typical_p", "epsilon_cutoff", "eta_cutoff")
@@ -316,6 +337,20 @@ def pad_batch(rows: dict[str, list], pad_token_id: int, pad_values: dict[str, in
     return batch
 
 
+def json_input(text: str) -> dict | None:
+    """The JSON object an input line of `adapt predict` holds (a line of a JSON Lines `--file`), else None
+    (plain text, including text that merely starts with a brace)."""
+    import json
+
+    if not text.lstrip().startswith("{"):
+        return None
+    try:
+        item = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    return item if isinstance(item, dict) else None
+
+
 def predict_input(text: str, columns: list[str], number: int, fix: str) -> Any:
     """One input line of `adapt predict`. A line holding a JSON object (a `--file` in JSON Lines, as the
     task's own data files) gives the value of the first of `columns` it has; any other line is the input.
@@ -323,15 +358,8 @@ def predict_input(text: str, columns: list[str], number: int, fix: str) -> Any:
     Raises:
         AdaptError: a JSON object with none of `columns`, naming the input's number and `fix`.
     """
-    import json
-
-    if not text.lstrip().startswith("{"):
-        return text
-    try:
-        item = json.loads(text)
-    except json.JSONDecodeError:
-        return text  # text that merely starts with a brace
-    if not isinstance(item, dict):
+    item = json_input(text)
+    if item is None:
         return text
     for column in columns:
         if column in item and item[column] is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -12,7 +13,7 @@ from datasets import Dataset
 from adapt import assets, data
 from adapt.errors import AdaptError
 from adapt.metrics import classification_scores
-from adapt.tasks.base import Task, ensure_pad_token, model_inputs
+from adapt.tasks.base import Task, ensure_pad_token, json_input, model_inputs, predict_input
 
 
 class SequenceClassification(Task):
@@ -88,7 +89,30 @@ class SequenceClassification(Task):
             )
 
     def inputs_from_texts(self, texts: list[str]) -> Dataset:
-        return Dataset.from_dict({"text": texts})
+        """Inputs for `adapt predict`: a plain line is the text; a JSON object line (a `--file` in JSON Lines, as
+        the task's data files) gives its text column (data.columns.text) and, for a pair model, its text_pair
+        column (data.columns.text_pair). A pair model needs JSON lines: a plain line has no second text.
+
+        Raises:
+            AdaptError: a JSON line without a wanted key or with an empty/non-text value, or a plain line for a
+                pair model, naming the input's number and the key."""
+        cols = self.recipe.data.columns
+        wanted = {"text": cols.text, **({"text_pair": cols.text_pair} if cols.text_pair else {})}
+        out: dict[str, list[str]] = {role: [] for role in wanted}
+        for number, line in enumerate(texts, 1):
+            item = json_input(line)
+            if item is None and cols.text_pair:
+                raise AdaptError(f"input {number}: a sentence-pair model needs both texts; give a JSON Lines file "
+                                 f'with lines like {{"{cols.text}": ..., "{cols.text_pair}": ...}}')
+            for role, key in wanted.items():
+                value = line if item is None else predict_input(
+                    line, [key], number, f"name the {role} column with --set data.columns.{role}=KEY")
+                if not isinstance(value, str) or not value.strip():
+                    shown = "empty" if isinstance(value, str) else data._json_kind(value)
+                    raise AdaptError(f"input {number}: the '{key}' value is {shown}, not text; give each "
+                                     "example its text as a non-empty string")
+                out[role].append(value)
+        return Dataset.from_dict(out)
 
     # ---- model ------------------------------------------------------------------------------------
     def load_tokenizer(self, path: str):
@@ -157,6 +181,18 @@ _NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
 _NULL_TEXTS = {"", "nan", "NaN"}  # what pandas and spreadsheets write for a missing value
 
 
+_LABEL_LIST = re.compile(r"\s*[,;|]\s*")  # how GoEmotions-style files join several labels in one cell
+
+
+def _is_label_list(value: str, single: set[str]) -> bool:
+    """True when a label cell is a delimiter-separated list of labels (`6,9,27`, `joy;anger`): two or more
+    non-empty parts that are all integer ids or all labels seen alone (`single`) elsewhere in the column."""
+    parts = _LABEL_LIST.split(value.strip())
+    if len(parts) < 2 or not all(parts):
+        return False
+    return all(re.fullmatch(r"\d+", part) for part in parts) or all(part in single for part in parts)
+
+
 def _as_number(value: Any) -> float | None:
     """The value as a float when it is a number or a string spelling a decimal number, else None."""
     if isinstance(value, bool):
@@ -183,14 +219,20 @@ def class_labels(values: list, source: str, names: list[str] | None, column: str
         return f"{source}: {data.row_location(source, index)}"
 
     numbers: list[float | None] = []
+    single = {str(v).strip() for v in values if not (isinstance(v, str) and _LABEL_LIST.search(v))}
     for index, value in enumerate(values):
         if value is None or (isinstance(value, float) and math.isnan(value)) or (
                 isinstance(value, str) and value.strip() in _NULL_TEXTS):
             raise AdaptError(f"{where(index)}: the label ('{column}') is empty; give every example a label or "
                              "remove that row")
-        if isinstance(value, (list, dict)):
-            raise AdaptError(f"{where(index)}: the label ('{column}') is a {'list' if isinstance(value, list) else 'mapping'}; "
-                             "a classification example has exactly one label (check data.columns.label)")
+        if isinstance(value, dict):
+            raise AdaptError(f"{where(index)}: the label ('{column}') is a mapping; a classification example has "
+                             "exactly one label (check data.columns.label)")
+        if isinstance(value, list) or (isinstance(value, str) and _is_label_list(value, single)):
+            shown = f"is a list {json.dumps(value)[:60]}" if isinstance(value, list) else f"'{value.strip()}' lists several labels"
+            raise AdaptError(f"{where(index)}: the label ('{column}') {shown}, and multi-label "
+                             "classification is not supported yet (planned: issue 17); give each example exactly one "
+                             "label (or check data.columns.label)")
         numbers.append(_as_number(value))
     if numbers and all(n is not None for n in numbers):
         index = next((i for i, n in enumerate(numbers) if not n.is_integer()), None)
