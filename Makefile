@@ -41,7 +41,7 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/bench_sst2.py --data $(DATA)/sst2
 
-# issue 15's table of bad inputs and faults through the real CLI (about 15 minutes; --all for more variants)
+# issue 15's table of bad inputs and faults through the real CLI (about 8 minutes; --all for more variants)
 probes: install
 	$(BIN)/python benchmarks/probes.py --out runs/probes
 
