@@ -574,7 +574,7 @@ def check_texts(ds: Dataset, columns: list[str], source: str, shown: dict[str, s
         AdaptError: "<source>: line N: the 'text' column is empty; ..." (the row's physical line, see
             `row_location`)."""
     for column in columns:
-        for index, value in enumerate(ds[column]):
+        for index, value in enumerate(ds[column][:]):  # [:] reads the column at once
             if isinstance(value, list):
                 empty = not any(isinstance(v, str) and v.strip() for v in value)
             elif value is None or isinstance(value, str):
@@ -624,7 +624,7 @@ def carve_validation(ds: Dataset, fraction: float, seed: int, group_column: str 
     random.Random(seed).shuffle(groups)
     n_val = max(1, round(len(groups) * fraction))
     val_groups = set(groups[:n_val])
-    membership = [g in val_groups for g in ds[group_column]]
+    membership = [g in val_groups for g in ds[group_column][:]]
     train_idx = [i for i, v in enumerate(membership) if not v]
     val_idx = [i for i, v in enumerate(membership) if v]
     return ds.select(train_idx), ds.select(val_idx)

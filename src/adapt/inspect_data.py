@@ -68,9 +68,9 @@ def entity_counts(tag_rows: list[list]) -> Counter:
 
 def label_distribution(ds: Dataset) -> dict[str, int] | None:
     if "label" in ds.column_names and not isinstance(ds[0]["label"], (list, dict)):
-        return dict(Counter(str(v) for v in ds["label"]).most_common())
+        return dict(Counter(str(v) for v in ds["label"][:]).most_common())
     if "tags" in ds.column_names and isinstance(ds[0]["tags"], list):
-        return dict(entity_counts(ds["tags"]).most_common())
+        return dict(entity_counts(ds["tags"][:]).most_common())
     return None
 
 

@@ -119,7 +119,7 @@ class CausalLM(Task):
                 "task_options.prompt_column / task_options.completion_column")
         ds = ds.select_columns([text])
         ds = ds.rename_column(text, "text") if text != "text" else ds
-        for row, value in enumerate(ds["text"]):
+        for row, value in enumerate(ds["text"][:]):
             if value is not None and not isinstance(value, str):
                 raise AdaptError(f"{source}: {data.row_location(source, row)}: '{text}' is not text ({value!r}); "
                                  "give each document as a string")

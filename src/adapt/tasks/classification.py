@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -60,13 +61,15 @@ class SequenceClassification(Task):
         feature = ds.features["label"]
         if names is None and hasattr(feature, "names"):  # Hub ClassLabel columns carry their names
             names = self.recipe.data.label_names = list(feature.names)
-        labels = class_labels(ds["label"], source, names, cols.label)
+        labels = class_labels(ds["label"][:], source, names, cols.label)
         order = ds.column_names
-        return ds.remove_columns("label").add_column("label", labels).select_columns(order)
+        # the new column's fingerprint from its text: datasets would otherwise pickle the whole list to hash it
+        fingerprint = hashlib.sha256("\n".join([ds._fingerprint, *labels]).encode()).hexdigest()[:32]
+        return ds.remove_columns("label").add_column("label", labels, new_fingerprint=fingerprint).select_columns(order)
 
     def setup(self, splits: dict[str, Dataset]) -> None:
         cfg = self.recipe.data
-        train_labels = set(splits["train"]["label"])
+        train_labels = set(splits["train"]["label"][:])
         if len(train_labels) == 1 and len(splits["train"]) > 1:
             raise AdaptError(f"{cfg.train}: every training example has label '{train_labels.pop()}'; a classifier "
                              "needs at least two labels (check data.columns.label)")
@@ -76,7 +79,7 @@ class SequenceClassification(Task):
             return
         known = set(self.label_names)
         for split_name, ds in splits.items():
-            labels = ds["label"]
+            labels = ds["label"][:]
             index = next((i for i, label in enumerate(labels) if label not in known), None)
             if index is None:
                 continue
@@ -143,7 +146,7 @@ class SequenceClassification(Task):
         has_pair = "text_pair" in raw.column_names
         has_label = "label" in raw.column_names
         max_length = self.recipe.train.max_length
-        unknown = sorted(set(raw["label"]) - set(label2id)) if has_label else []
+        unknown = sorted(set(raw["label"][:]) - set(label2id)) if has_label else []
         if unknown:  # e.g. `adapt eval` of a model on a file with other labels than it was trained on
             raise AdaptError(f"the {role} data has label '{unknown[0]}', which is not a class of this model "
                              f"({', '.join(self.label_names)}); give data with the model's labels, or set "
@@ -170,7 +173,7 @@ class SequenceClassification(Task):
         return [{"label": self.label_names[int(o["pred"])], "score": float(o["score"])} for o in outputs]
 
     def score(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
-        return classification_scores([p["label"] for p in predictions], raw["label"], self.label_names)
+        return classification_scores([p["label"] for p in predictions], raw["label"][:], self.label_names)
 
     def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
         rows = raw.to_list()

@@ -121,7 +121,7 @@ class QuestionAnswering(Task):
         if self.options.version_2_with_negative:
             return
         for split_name, ds in splits.items():
-            for qid, answers in zip(ds["id"], ds["answers"]):
+            for qid, answers in zip(ds["id"][:], ds["answers"][:]):
                 if not answers["text"]:
                     raise AdaptError(
                         f"{getattr(self.recipe.data, split_name, None) or source}: question id '{qid}' has no answer; "
@@ -153,7 +153,7 @@ class QuestionAnswering(Task):
         windows = np.bincount(np.asarray(self.featurize(ds, "inspect")["example_index"]), minlength=len(ds))
         return {"windows": {"mean": round(float(windows.mean()), 2), "max": int(windows.max()),
                             "questions_with_several": int((windows > 1).sum())},
-                "unanswerable": sum(not answers["text"] for answers in ds["answers"])}
+                "unanswerable": sum(not answers["text"] for answers in ds["answers"][:])}
 
     # ---- features -------------------------------------------------------------------------------
     def featurize_key(self) -> list[str]:

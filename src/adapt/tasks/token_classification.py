@@ -267,7 +267,7 @@ class TokenClassification(Task):
 
     def setup(self, splits: dict[str, Dataset]) -> None:
         configured = self.recipe.data.label_names
-        seen = {tag for tags in splits["train"]["tags"] for tag in tags} | {OUTSIDE}
+        seen = {tag for tags in splits["train"]["tags"][:] for tag in tags} | {OUTSIDE}
         if configured and all(is_iob2(name) for name in configured):
             self.label_names = list(configured)
         else:  # no names, or names of another scheme (data read as ids of them is already converted to IOB2)
@@ -275,7 +275,7 @@ class TokenClassification(Task):
         known = set(self.label_names)
         for split_name, ds in splits.items():
             source = getattr(self.recipe.data, split_name, None) or self.recipe.data.train
-            unknown = sorted({tag for tags in ds["tags"] for tag in tags} - known)
+            unknown = sorted({tag for tags in ds["tags"][:] for tag in tags} - known)
             if unknown:
                 raise AdaptError(
                     f"{source}: tag '{unknown[0]}' in the {split_name} split never appears in train "
@@ -363,7 +363,7 @@ class TokenClassification(Task):
         return predictions
 
     def score(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
-        scores = seqeval_scores([p["tags"] for p in predictions], raw["tags"])
+        scores = seqeval_scores([p["tags"] for p in predictions], raw["tags"][:])
         scores["truncated_words"] = sum(p["truncated_words"] for p in predictions)
         return scores
 
