@@ -372,6 +372,15 @@ def interrupted_with_checkpoint(ctx: Ctx):
     return ok, f"exit {code}, {len(states)} checkpoint(s), resume hint {'yes' if 'resume' in ctx.result.stderr.lower() else 'no'}"
 
 
+def signal_probe(name: str, signal: str, what: str, expected: str) -> Probe:
+    """Send `signal` to a training run once its first log line exists; it must checkpoint and say how to resume."""
+    return Probe(name, "D", what,
+                 ["set -m; {adapt} finetune --model {bert} --output-dir out --batch-size 8 tracking=[] --max-steps 400 "
+                  "--data train.csv train.log_steps=1 & p=$!; for i in $(seq 600); do [ -s out/train_log.jsonl ] && "
+                  f"break; sleep 0.1; done; kill -{signal} $p; wait $p"],
+                 Custom(interrupted_with_checkpoint, expected), files={"train.csv": TRAIN}, shell=True)
+
+
 def one_run_locked_out(ctx: Ctx):
     codes = sorted(int(c) for c in ctx.result.stdout.split()[-2:])
     errors = (ctx.dir / "a.err").read_text() + (ctx.dir / "b.err").read_text()
@@ -717,18 +726,10 @@ PROBES: list[Probe] = [
            "echo $c1 $c2"],
           Custom(one_run_locked_out, "one exit 0, the other exit 2 naming the lock"), files={"train.csv": TRAIN},
           shell=True),
-    Probe("sigterm_saves_checkpoint", "D", "SIGTERM during training (what schedulers send)",
-          ["set -m; {adapt} finetune --model {bert} --output-dir out --batch-size 8 tracking=[] --max-steps 400 "
-           "--data train.csv train.log_steps=1 & p=$!; for i in $(seq 600); do [ -s out/train_log.jsonl ] && break; "
-           "sleep 0.1; done; kill -TERM $p; wait $p"],
-          Custom(interrupted_with_checkpoint, "exit 130/143, a checkpoint, a resume hint"), files={"train.csv": TRAIN},
-          shell=True),
-    Probe("sigint_saves_checkpoint", "D", "control: SIGINT (Ctrl-C) during training",
-          ["set -m; {adapt} finetune --model {bert} --output-dir out --batch-size 8 tracking=[] --max-steps 400 "
-           "--data train.csv train.log_steps=1 & p=$!; for i in $(seq 600); do [ -s out/train_log.jsonl ] && break; "
-           "sleep 0.1; done; kill -INT $p; wait $p"],
-          Custom(interrupted_with_checkpoint, "exit 130, a checkpoint, a resume hint"), files={"train.csv": TRAIN},
-          shell=True),
+    signal_probe("sigterm_saves_checkpoint", "TERM", "SIGTERM during training (what schedulers send)",
+                 "exit 130/143, a checkpoint, a resume hint"),
+    signal_probe("sigint_saves_checkpoint", "INT", "control: SIGINT (Ctrl-C) during training",
+                 "exit 130, a checkpoint, a resume hint"),
     Probe("file_modes_umask_022", "D", "saved files under umask 022",
           ["umask 022; {adapt} finetune --model {bert} --output-dir out --batch-size 8 tracking=[] --max-steps 2 "
            "--save-steps 2 --data train.csv"],
