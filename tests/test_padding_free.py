@@ -6,7 +6,7 @@ import torch
 from transformers import (BertConfig, BertForQuestionAnswering, BertForSequenceClassification,
                           BertForTokenClassification, LlamaConfig, LlamaForCausalLM)
 
-from adapt import native, padding_free
+from adapt.speed import cpu_kernels, native, padding_free
 
 
 def tiny_config(num_labels: int = 3) -> BertConfig:
@@ -127,16 +127,16 @@ def test_installed_model_saves_the_standard_weights(tmp_path):
 def test_cpu_dropout_rate_scale_and_seed():
     x = torch.ones(400_000, dtype=torch.bfloat16)
     torch.manual_seed(3)
-    y = padding_free.dropout(x, 0.1, True)
+    y = cpu_kernels.dropout(x, 0.1, True)
     dropped = (y == 0).float().mean().item()
     assert abs(dropped - 0.1) < 0.003  # 6554/65536 = 0.100006; binomial sd 0.0005
     assert set(y.float().unique().tolist()) == {0.0, torch.tensor(1 / 0.9, dtype=torch.bfloat16).item()}
     torch.manual_seed(3)
-    assert torch.equal(padding_free.dropout(x, 0.1, True), y)  # the global seed decides, as for F.dropout
-    assert padding_free.dropout(x, 0.1, False) is x
-    assert padding_free.dropout(x, 0.0, True) is x
+    assert torch.equal(cpu_kernels.dropout(x, 0.1, True), y)  # the global seed decides, as for F.dropout
+    assert cpu_kernels.dropout(x, 0.1, False) is x
+    assert cpu_kernels.dropout(x, 0.0, True) is x
     odd = torch.ones(3, 5)  # not a multiple of four elements
-    assert padding_free.dropout(odd, 0.5, True).shape == (3, 5)
+    assert cpu_kernels.dropout(odd, 0.5, True).shape == (3, 5)
 
 
 @needs_kernels
@@ -145,7 +145,7 @@ def test_native_bf16_dropout_is_the_pytorch_arithmetic_in_one_pass():
     follows torch's seed, and does not depend on how many threads share the work."""
     x = torch.randn(70_001, dtype=torch.bfloat16, requires_grad=True)  # two thread shares and a ragged tail
     torch.manual_seed(5)
-    y = padding_free.dropout(x, 0.1, True)
+    y = cpu_kernels.dropout(x, 0.1, True)
     keep = y.detach() != 0
     assert abs(1 - keep.float().mean().item() - 0.1) < 0.005
     assert torch.equal(y.detach(), torch.where(keep, x.detach(), 0) * (1 / 0.9))
@@ -156,16 +156,16 @@ def test_native_bf16_dropout_is_the_pytorch_arithmetic_in_one_pass():
     try:
         torch.set_num_threads(1)
         torch.manual_seed(5)
-        assert torch.equal(padding_free.dropout(x, 0.1, True), y)
+        assert torch.equal(cpu_kernels.dropout(x, 0.1, True), y)
     finally:
         torch.set_num_threads(threads)
-    assert not torch.equal(padding_free.dropout(x, 0.1, True), y)  # the next draw of the generator: a new mask
+    assert not torch.equal(cpu_kernels.dropout(x, 0.1, True), y)  # the next draw of the generator: a new mask
 
 
 def test_dropout_gradient_matches_its_mask():
     torch.manual_seed(4)
     x = torch.randn(6, 8, requires_grad=True)
-    y = padding_free.dropout(x, 0.25, True)
+    y = cpu_kernels.dropout(x, 0.25, True)
     y.sum().backward()
     kept = y.detach() != 0
     torch.testing.assert_close(x.grad, kept.float() / 0.75)
@@ -199,11 +199,11 @@ def test_native_attention_matches_attention_with_its_dropout_mask():
     q, k, v, starts = packed_attention_inputs(lengths, heads, head_size)
     one_hot = torch.cat([torch.eye(n, head_size).repeat(1, heads) for n in lengths])
     torch.manual_seed(11)
-    weights = padding_free.NativeAttention.apply(q, k, one_hot, starts, starts, heads, scale, p)
+    weights = cpu_kernels.NativeAttention.apply(q, k, one_hot, starts, starts, heads, scale, p)
     keep = weights.detach().view(-1, heads, head_size) != 0
     assert 0.5 < keep[:7, :, :7].float().mean() < 0.9  # keys past a sequence's end read as dropped
     torch.manual_seed(11)  # the same generator state: the same mask
-    out = padding_free.NativeAttention.apply(q, k, v, starts, starts, heads, scale, p)
+    out = cpu_kernels.NativeAttention.apply(q, k, v, starts, starts, heads, scale, p)
     expected = reference_attention(q, k, v, starts, heads, scale, keep, p)
     torch.testing.assert_close(out.double(), expected, atol=1e-5, rtol=1e-5)
     grad = torch.randn_like(out)
@@ -217,7 +217,7 @@ def test_native_attention_matches_attention_with_its_dropout_mask():
 def test_native_attention_dropout_rate_threads_and_first_token_queries():
     lengths, heads, head_size = [40, 17, 64, 1, 33], 3, 64
     q, k, v, starts = packed_attention_inputs(lengths, heads, head_size, torch.bfloat16)
-    attend = padding_free.NativeAttention.apply
+    attend = cpu_kernels.NativeAttention.apply
     torch.manual_seed(2)
     out = attend(q, k, v, starts, starts, heads, head_size ** -0.5, 0.1)
     threads = torch.get_num_threads()

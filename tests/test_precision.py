@@ -7,10 +7,11 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
 
-from adapt import fused_adamw, native
-from adapt.precision import TrainableWeights
+from adapt.speed import fused_adamw, native
+from adapt.speed.precision import TrainableWeights
 from adapt.recipe import resolve_recipe
-from adapt.train import apply_update, build_optimizer, linear_schedule
+from adapt.speed import Optimization, build_optimizer
+from adapt.train import linear_schedule
 
 VOCAB, USED = 200, torch.arange(0, 60)  # 30% of the rows are used
 WORD = "bert.embeddings.word_embeddings.weight"
@@ -109,23 +110,22 @@ needs_kernel = pytest.mark.skipif(native.library() is None, reason="the native k
 
 
 def train_through_the_loop(fused: bool, max_grad_norm: float, steps: int = 6):
-    """`steps` updates through the training loop's own `apply_update`, fused or on the PyTorch path. The
+    """`steps` updates through the speed layer's `Optimization.update` (the loop's), fused or on the PyTorch path. The
     pooler bias gets no gradient in the first two, so its AdamW step count lags the others'."""
     from accelerate import Accelerator
 
     model = tiny_bert()
     recipe = resolve_recipe("sentiment", [("train.lr", "1e-3"), ("train.weight_decay", "0.1"),
                                           ("train.max_grad_norm", str(max_grad_norm))])
-    weights = TrainableWeights(model, master=True, used_token_ids=USED, fused=fused)
-    optimizer = build_optimizer(weights, recipe)
-    scheduler = linear_schedule(optimizer, 2, steps)
+    optimization = Optimization(TrainableWeights(model, master=True, used_token_ids=USED, fused=fused), recipe)
+    scheduler = linear_schedule(optimization.optimizer, 2, steps)
     for step, batch in enumerate(batches(steps)):
         model(**batch).loss.backward()
         if step < 2:
             model.bert.pooler.dense.bias.grad = None
-        apply_update(model, weights, optimizer, Accelerator(cpu=True), max_grad_norm)
+        optimization.update(model, Accelerator(cpu=True))
         scheduler.step()
-    return weights, optimizer
+    return optimization.weights, optimization.optimizer
 
 
 @needs_kernel
@@ -183,16 +183,14 @@ def test_kernel_norm_and_update_are_split_across_threads_exactly():
 
 
 def test_fused_adamw_can_be_switched_off(monkeypatch):
-    from adapt.train import trainable_weights
-
-    class Task:
-        tokenizer = type("Tokenizer", (), {"all_special_ids": [0]})()
+    from adapt.speed import optimization
 
     monkeypatch.setenv(native.SWITCH_VARIABLE, "0")
     native.library.cache_clear()
     try:
         features = __import__("datasets").Dataset.from_dict({"input_ids": [[1, 2, 3]]})
-        weights = trainable_weights(Task(), tiny_bert(), features, "bf16-master")
+        recipe = resolve_recipe("sentiment", [])
+        weights = optimization(tiny_bert(), recipe, "bf16-master", features, [0]).weights
         assert weights.master and not weights.fused
     finally:
         monkeypatch.undo()

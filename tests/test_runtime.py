@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import os
 
-from adapt import runtime
+from adapt.speed import runtime
 
 
 def test_start_bounds_caches_and_defers_collection_until_setup_done(monkeypatch):

@@ -202,11 +202,14 @@ def test_training_loop_accumulation_equals_one_big_batch(tiny_bert_builder, sent
     model_dir = tiny_bert_builder(tmp_path / "no_dropout", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     recorders = []
 
-    def recording_optimizer(weights, recipe):
-        recorders.append(GradientRecorder(weights.named_parameters()))
-        return recorders[-1]
+    real_init = adapt.speed.Optimization.__init__
 
-    monkeypatch.setattr(adapt.train, "build_optimizer", recording_optimizer)
+    def recording_optimizer(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        recorders.append(GradientRecorder(self.weights.named_parameters()))
+        self.optimizer = recorders[-1]
+
+    monkeypatch.setattr(adapt.speed.Optimization, "__init__", recording_optimizer)
     # group_by_length off: both runs then draw the same examples in the same order for each step
     common = [("train.max_steps", 2), ("train.eval_steps", None), ("train.save_steps", None), ("train.log_steps", 1),
               ("train.group_by_length", False), ("train.mixed_precision", "no"), ("train.max_grad_norm", None)]

@@ -146,9 +146,9 @@ def test_every_checkpoint_damaged_is_one_line(run_copy, tiny_bert, sentiment_csv
 
 
 def failing_update(after_calls: int, check=None):
-    """A stand-in for adapt.train.apply_update that runs the real update, calls `check()` at call
+    """A stand-in for adapt.speed.Optimization.update that runs the real update, calls `check()` at call
     `after_calls`, then raises RuntimeError: a run that dies mid-training."""
-    real = adapt.train.apply_update
+    real = adapt.speed.Optimization.update
     calls = []
 
     def update(*args, **kwargs):
@@ -166,7 +166,7 @@ def test_resume_of_an_attempt_without_checkpoints_starts_it_afresh(tiny_bert, se
                                                                    adapt_cache, monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(adapt.train, "apply_update", failing_update(1))
+        patch.setattr(adapt.speed.Optimization, "update", failing_update(1))
         with pytest.raises(RuntimeError, match="killed mid-run"):
             run_tiny_finetune(tiny_bert, sentiment_csv_shared, out, adapt_cache, RUN[len(TINY_RUN):])
     assert (out / "recipe.yaml").is_file() and not checkpoint.step_checkpoints(out / "checkpoints")
@@ -206,7 +206,7 @@ def test_overwrite_keeps_the_old_run_until_the_new_one_has_finished(run_copy, ti
 
     # a replacement that dies at step 3: the old run is as it was, the partial new one is gone
     with monkeypatch.context() as patch:
-        patch.setattr(adapt.train, "apply_update", failing_update(3, old_run_untouched))
+        patch.setattr(adapt.speed.Optimization, "update", failing_update(3, old_run_untouched))
         with pytest.raises(RuntimeError, match="killed mid-run"):
             run_tiny_finetune(tiny_bert, sentiment_csv_shared, run_copy, adapt_cache,
                               (*RUN[len(TINY_RUN):], ("train.seed", 8)), overwrite=True)
@@ -306,7 +306,7 @@ def test_sigusr1_mid_window_then_resume_keeps_the_counters(finished, tiny_bert, 
                                                           adapt_cache, monkeypatch):
     """SIGUSR1 at step 3 (the log window of steps 3-4 open): the checkpoint carries the window, so the
     resumed run's log lines, sample count and weights equal the uninterrupted run's."""
-    real = adapt.train.apply_update
+    real = adapt.speed.Optimization.update
     calls = []
 
     def signal_at_step_3(*args):
@@ -317,7 +317,7 @@ def test_sigusr1_mid_window_then_resume_keeps_the_counters(finished, tiny_bert, 
 
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        patch.setattr(adapt.train, "apply_update", signal_at_step_3)
+        patch.setattr(adapt.speed.Optimization, "update", signal_at_step_3)
         with pytest.raises(adapt.train.Interrupted) as caught:
             run_tiny_finetune(tiny_bert, sentiment_csv_shared, out, adapt_cache, RUN[len(TINY_RUN):])
     assert str(caught.value) == (f"interrupted (SIGUSR1) at step 3/6; checkpoint saved to {out / 'checkpoints/step-3'}. "
@@ -443,8 +443,8 @@ def test_a_full_disk_reported_by_safetensors_is_recognised(tmp_path):
 def test_interrupting_an_overwrite_keeps_the_previous_run(run_copy, tiny_bert, sentiment_csv_shared, adapt_cache,
                                                           monkeypatch):
     old = snapshot(run_copy)
-    real = adapt.train.apply_update
-    monkeypatch.setattr(adapt.train, "apply_update", lambda *args: (real(*args), os.kill(os.getpid(), signal.SIGTERM)))
+    real = adapt.speed.Optimization.update
+    monkeypatch.setattr(adapt.speed.Optimization, "update", lambda *args: (real(*args), os.kill(os.getpid(), signal.SIGTERM)))
     with pytest.raises(adapt.train.Interrupted) as caught:
         run_tiny_finetune(tiny_bert, sentiment_csv_shared, run_copy, adapt_cache, RUN[len(TINY_RUN):], overwrite=True)
     assert str(caught.value) == (f"interrupted (SIGTERM) at step 1/6; {run_copy} still holds the previous run, which "
@@ -504,7 +504,7 @@ def test_an_error_before_the_first_checkpoint_empties_the_existing_output_dir(ti
         assert (out / "recipe.yaml").is_file() and (out / "train_log.jsonl").is_file()  # the run had written
         raise AdaptError("stopped at step 1")
 
-    monkeypatch.setattr(adapt.train, "apply_update", update)
+    monkeypatch.setattr(adapt.speed.Optimization, "update", update)
     with pytest.raises(AdaptError, match="^stopped at step 1$"):
         run_tiny_finetune(tiny_bert, sentiment_csv_shared, out, adapt_cache, RUN[len(TINY_RUN):])
     assert out.is_dir() and list(out.iterdir()) == []

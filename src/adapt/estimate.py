@@ -30,12 +30,12 @@ def padded_tokens(batch: list[int], lengths: list[int]) -> int:
     return len(batch) * max(lengths[i] for i in batch)
 
 
-def time_training_steps(task, model, weights, optimizer, accelerator, features, plan: list[list[int]], grad_accum: int,
-                        max_grad_norm: float | None, steps: int) -> dict[str, float]:
+def time_training_steps(task, model, optimization, accelerator, features, plan: list[list[int]], grad_accum: int,
+                        steps: int) -> dict[str, float]:
     """Run `steps` + 1 real optimizer steps on the run's first batches, with the loop's own gradient
     code; the first warms caches and allocators and is not timed. Returns seconds per padded token
     (forward+backward) and per optimizer update."""
-    from adapt.train import accumulate_gradients, apply_update
+    from adapt.train import accumulate_gradients
 
     lengths = batching.example_lengths(features)
     groups = [plan[i:i + grad_accum] for i in range(0, len(plan), grad_accum)][: steps + 1]
@@ -47,7 +47,7 @@ def time_training_steps(task, model, weights, optimizer, accelerator, features, 
         t0 = time.perf_counter()
         accumulate_gradients(task, model, batches, accelerator)
         t1 = time.perf_counter()
-        apply_update(model, weights, optimizer, accelerator, max_grad_norm)
+        optimization.update(model, accelerator)
         t2 = time.perf_counter()
         if step > 0:
             compute_seconds += t1 - t0
@@ -62,13 +62,13 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
-    from adapt.train import (build_optimizer, build_training_model, load_task_data, make_accelerator, mixed_precision_mode,
-                             trainable_weights)
+    from adapt import speed
+    from adapt.train import build_training_model, load_task_data, make_accelerator, prepare_optimization
 
     cfg = recipe.train
     AcceleratorState._reset_state()
     accelerator = make_accelerator(recipe.model_copy(update={"tracking": []}), None)
-    precision = mixed_precision_mode(cfg.mixed_precision)
+    precision = speed.mixed_precision_mode(cfg)
     set_seed(cfg.seed)
     # the same loading and cache keys as `adapt finetune`, so the run that follows reuses these features
     task, model_path, raw, features = load_task_data(recipe, accelerator, output=False)  # what stops a run stops the estimate
@@ -82,11 +82,9 @@ def estimate(recipe: Recipe, timed_steps: int = 3) -> dict[str, Any]:
     model = build_training_model(task, model_path, recipe)
     n_params = sum(p.numel() for p in model.parameters())
     n_non_embedding = non_embedding_params(model)
-    weights = trainable_weights(task, model.to(accelerator.device), features["train"], precision)
-    optimizer = build_optimizer(weights, recipe)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    timing = time_training_steps(task, model, weights, optimizer, accelerator, features["train"], plan, cfg.grad_accum,
-                                 cfg.max_grad_norm, timed_steps)
+    model, optimization, _ = prepare_optimization(model, task, recipe, features, accelerator, steps)
+    timing = time_training_steps(task, model, optimization, accelerator, features["train"], plan, cfg.grad_accum,
+                                 timed_steps)
 
     train_seconds = train_padded * timing["seconds_per_padded_token"] + steps * timing["seconds_per_update"]
     # evaluations: before training if asked, every eval_steps, at the last step, and the test split (the

@@ -60,7 +60,7 @@ def check_recipe(recipe, task=None, *, output: bool = True) -> None:
     if recipe.peft is not None:
         check_peft_method(recipe.peft.method)
     check_tracking(recipe.tracking)
-    check_mixed_precision(recipe.train.mixed_precision)
+    check_mixed_precision(recipe.train.mixed_precision, recipe.train.speed_layer)
     for field, ref in model_refs(recipe, task):
         check_model_files(ref, field, recipe.trust_remote_code)
     check_tokenizer_files(recipe.tokenizer or recipe.model, "tokenizer" if recipe.tokenizer else "model",
@@ -113,10 +113,14 @@ def check_tracking(names: list[str]) -> None:
                              f"`pip install {name}`, or leave it out of tracking (e.g. tracking=[])")
 
 
-def check_mixed_precision(requested: str) -> None:
+def check_mixed_precision(requested: str, speed_layer: bool = True) -> None:
     """fp16 needs a CUDA GPU; bf16 needs a GPU or CPU with native bf16 (else the setting is silently ignored
-    or emulated at a fraction of the speed)."""
+    or emulated at a fraction of the speed); bf16-master weights are the speed layer's."""
     import torch
+
+    if requested == "bf16-master" and not speed_layer:
+        raise AdaptError("train.mixed_precision=bf16-master is part of adapt's speed layer, which "
+                         "train.speed_layer=false switches off; use train.mixed_precision=bf16 (autocast) or auto")
 
     cuda = torch.cuda.is_available()
     if requested == "fp16" and not cuda:

@@ -86,12 +86,16 @@ class TrainConfig(Strict):
     seed: int = 42
     mixed_precision: Literal["auto", "bf16", "bf16-master", "fp16", "no"] = Field(
         "auto", description="bf16/fp16: autocast; bf16-master: bf16 weights, fp32 master weights in the optimizer; "
-                            "auto: bf16 on GPUs, bf16-master on CPUs with native bf16, else no")
+                            "auto: bf16-master (bf16 without train.speed_layer) on GPUs and CPUs with native "
+                            "bf16, else no")
     group_by_length: bool = True
     gradient_checkpointing: bool = False
-    padding_free: bool = Field(True, description="BERT-family encoders: linear layers, norms, dropout (and on CPU "
-                                                 "attention) run on real tokens only (see adapt.padding_free); "
-                                                 "other models ignore it")
+    speed_layer: bool = Field(True, description="adapt's speed layer (adapt.speed): bf16 master weights, fused "
+                                                "AdamW, padding-free batches, native CPU kernels; false trains with "
+                                                "plain PyTorch AdamW, transformers' forward and autocast")
+    padding_free: bool = Field(True, description="with the speed layer: batches flattened to real tokens only, "
+                                                 "attention per sequence, for architectures whose attention goes "
+                                                 "through transformers' registry (adapt.speed.padding_free)")
     compile: bool = False
     log_steps: int = Field(10, ge=1)
     num_workers: int = Field(0, ge=0)

@@ -60,14 +60,14 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
     task = trained_task(model_dir, recipe, overrides, trust_remote_code)
     task.load_tokenizer(str(folder))
     model = task.load_trained(str(folder))
-    from adapt import padding_free, runtime
+    from adapt import speed
     from adapt.tasks.base import check_finite_weights
 
     check_finite_weights(model, str(folder))  # NaN weights would predict NaN scores and a constant label
 
-    padding_free.install_for_task(model, task)
+    model = speed.prepare_model(model, task, task.recipe.train)
     task.restore_from_model(model)
-    runtime.setup_done()
+    speed.runtime.setup_done()
     return task, model
 
 

@@ -22,9 +22,8 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from datasets import Dataset
 
-from adapt import assets, batching, checkpoint, data, fused_adamw, outputs, padding_free, preflight, rundir, runtime
+from adapt import assets, batching, checkpoint, data, outputs, preflight, rundir, speed
 from adapt.errors import AdaptError
-from adapt.precision import TrainableWeights
 from adapt.recipe import Recipe, recipe_to_yaml
 from adapt.tasks import get_task
 from adapt.tasks.base import Task, check_finite_weights, set_pad_multiple
@@ -92,27 +91,12 @@ class LoopState:
 
 
 # ---- set-up ---------------------------------------------------------------------------------------
-def mixed_precision_mode(requested: str) -> str:
-    """`auto` resolved for this machine. bf16 weights with fp32 masters beat bf16 autocast, whose
-    per-op casts cost more than they save on CPUs and on launch-bound small GPU models; sharded
-    set-ups (DeepSpeed, FSDP) keep their own master weights, so they get plain autocast."""
-    if requested != "auto":
-        return requested
-    sharded = any(os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() in ("1", "true") for k in ("DEEPSPEED", "FSDP"))
-    if torch.cuda.is_available():
-        if not torch.cuda.is_bf16_supported():
-            return "fp16"
-        return "bf16" if sharded else "bf16-master"
-    # bf16 only pays off on CPUs with native bf16 matmul (AVX512-BF16 / AMX)
-    return "bf16-master" if torch.ops.mkldnn._is_mkldnn_bf16_supported() and not sharded else "no"
-
-
 def make_accelerator(recipe: Recipe | None = None, output_dir: Path | None = None) -> Accelerator:
     # Accelerate only picks gloo for CPU process groups when told the run is on CPU
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if recipe is None:
         return Accelerator(cpu=multi_cpu)
-    mode = mixed_precision_mode(recipe.train.mixed_precision)
+    mode = speed.mixed_precision_mode(recipe.train)
     return Accelerator(mixed_precision="no" if mode == "bf16-master" else mode, cpu=multi_cpu,
                        log_with=recipe.tracking or None, project_dir=str(output_dir))
 
@@ -142,7 +126,7 @@ def check_resumable(folder: Path, run: dict[str, Any], say) -> None:
                          "the original settings, or start anew with --overwrite or another --output-dir")
 
 
-def nonfinite_weight(weights: TrainableWeights) -> str | None:
+def nonfinite_weight(weights: speed.TrainableWeights) -> str | None:
     """The name of the first trainable weight holding NaN or inf, or None (one device sync)."""
     named = list(weights.named_parameters())
     finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
@@ -180,11 +164,11 @@ def load_task_data(recipe: Recipe, accelerator: Accelerator, output: bool = True
 
 
 def build_training_model(task: Task, model_path: str, recipe: Recipe):
-    """The model a run trains: pretrained weights with the padding-free forward where the architecture has
-    one, LoRA (or another peft method) if the recipe asks, gradient checkpointing if asked."""
+    """The model a run trains: pretrained weights with the speed layer's patches for its family, LoRA (or
+    another peft method) if the recipe asks, gradient checkpointing if asked."""
     model = task.build_model(model_path)
     check_finite_weights(model, recipe.model)  # a damaged checkpoint, not a diverged run: before any write
-    padding_free.install_for_task(model, task)
+    model = speed.prepare_model(model, task, recipe.train)
     if recipe.peft:
         from adapt.lora import wrap_with_peft
 
@@ -194,29 +178,17 @@ def build_training_model(task: Task, model_path: str, recipe: Recipe):
     return model
 
 
-def trainable_weights(task: Task, model, train_features: Dataset, precision: str) -> TrainableWeights:
-    """The weights the optimizer steps (the model's own, or fp32 masters in bf16-master mode), told which
-    token ids the training data feeds the model so that unused embedding rows can skip the optimizer, and
-    whether the one-pass CPU AdamW kernel will step them."""
-    master = precision == "bf16-master"
-    used = data.token_ids(train_features, extra=task.tokenizer.all_special_ids) if master else None
-    fused = master and fused_adamw.available(next(model.parameters()).device)
-    return TrainableWeights(model, master=master, used_token_ids=used, fused=fused)
-
-
-def build_optimizer(weights: TrainableWeights, recipe: Recipe) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, param in weights.named_parameters():
-        if not param.requires_grad:
-            continue
-        # biases and normalisation weights are not decayed (standard BERT/GPT practice)
-        (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if weights.fused:
-        return fused_adamw.FusedMasterAdamW(groups, lr=recipe.train.lr, sources=weights.fused_sources,
-                                            max_grad_norm=recipe.train.max_grad_norm)
-    # fused AdamW runs one kernel for all parameters on CPU and GPU alike
-    return torch.optim.AdamW(groups, lr=recipe.train.lr, fused=True)
+def prepare_optimization(model, task: Task, recipe: Recipe, features: dict[str, Dataset], accelerator: Accelerator,
+                         total_steps: int) -> tuple[Any, speed.Optimization, Any]:
+    """(the accelerate-prepared model, the speed layer's Optimization with its prepared optimizer, the learning
+    rate schedule): the training set-up that `adapt finetune` and `adapt estimate` share. Masters are made where
+    the model lives, so the optimizer state is created on the device too."""
+    precision = speed.mixed_precision_mode(recipe.train)
+    optimization = speed.optimization(model.to(accelerator.device), recipe, precision, features["train"],
+                                      task.tokenizer.all_special_ids)
+    scheduler = linear_schedule(optimization.optimizer, int(recipe.train.warmup_ratio * total_steps), total_steps)
+    model, optimization.optimizer = accelerator.prepare(model, optimization.optimizer)
+    return model, optimization, scheduler
 
 
 def linear_schedule(optimizer, warmup_steps: int, total_steps: int):
@@ -258,26 +230,6 @@ def accumulate_gradients(task: Task, model, micro_batches: list[dict], accelerat
             accelerator.backward(loss_sum * scale)
         loss_total += loss_sum.detach().float()
     return loss_total, targets, samples, tokens
-
-
-def apply_update(model, weights: TrainableWeights, optimizer, accelerator: Accelerator, max_grad_norm: float | None) -> None:
-    """One optimizer update from the accumulated gradients: onto the masters, clipped, stepped, and the
-    model's weights refreshed. The fused optimizer takes the bf16 gradients and clips them itself."""
-    if not weights.fused:
-        weights.grads_to_master()
-        if max_grad_norm:
-            if weights.master:  # the gradients now live on the fp32 masters, outside the (DDP) model
-                params = [p for _, p in weights.named_parameters() if p.grad is not None]
-                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-                # clip_grad_norm_ always rescales (by 1.0 when under the limit) to avoid a device sync; a CPU
-                # has no queue to stall, so read the norm and skip the no-op pass over every gradient
-                if accelerator.device.type != "cpu" or max_grad_norm / (float(norm) + 1e-6) < 1.0:
-                    torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
-            else:
-                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-    optimizer.step()
-    weights.after_step(optimizer)
-    optimizer.zero_grad(set_to_none=True)
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
@@ -396,7 +348,7 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         outputs.atomic_write_text(work_dir / "recipe.yaml", recipe_to_yaml(recipe))
     log = outputs.JsonlLog(log_path, enabled=is_main, append=plan.mode == "resume")
     accelerator.wait_for_everyone()
-    runtime.setup_done()
+    speed.runtime.setup_done()
     if cfg.compile:
         model = torch.compile(model, dynamic=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -405,14 +357,10 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
     micro_batch_size = cfg.batch_size * world  # examples in one micro-batch across all processes
     micro_per_epoch = batching.steps_per_epoch(len(features["train"]), micro_batch_size)
     total_steps, total_micro = batching.optimizer_steps(len(features["train"]), cfg, world)
-    warmup_steps = int(cfg.warmup_ratio * total_steps)
 
-    precision = mixed_precision_mode(cfg.mixed_precision)
-    # masters are made where the model lives, so the optimizer state is created on the device too
-    weights = trainable_weights(task, model.to(accelerator.device), features["train"], precision)
-    optimizer = build_optimizer(weights, recipe)
-    scheduler = linear_schedule(optimizer, warmup_steps, total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    precision = speed.mixed_precision_mode(cfg)
+    model, optimization, scheduler = prepare_optimization(model, task, recipe, features, accelerator, total_steps)
+    weights, optimizer = optimization.weights, optimization.optimizer
     unwrapped = accelerator.unwrap_model(model)
 
     state = LoopState()
@@ -573,7 +521,7 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
             window["tokens"] += tokens
             # every process holds the global target count; count it once in the cross-process sum
             window["targets"] += targets / world
-            apply_update(model, weights, optimizer, accelerator, cfg.max_grad_norm)
+            optimization.update(model, accelerator)
             scheduler.step()
             state.step += 1
             state.micro_step += len(window_batches)

@@ -14,8 +14,8 @@ from typing import Callable
 
 import torch
 
-from adapt import native
-from adapt.native import array
+from adapt.speed import native
+from adapt.speed.native import array
 
 # master weight -> (its gradient as backward left it, the bf16 model weight to refresh or None)
 Sources = dict[torch.Tensor, tuple[torch.Tensor, "torch.Tensor | None"]]
