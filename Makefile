@@ -38,8 +38,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -n 2 -m "not integration"
 
+# two workloads: SST-2 classification (MiniLM), then prompt/completion SFT (SmolLM2); see benchmarks/README.md
 bench: install
 	$(BIN)/python benchmarks/bench_sst2.py --data $(DATA)/sst2
+	$(BIN)/python benchmarks/bench_sft.py --data $(DATA)/code_alpaca_2k
 
 # issue 15's table of bad inputs and faults through the real CLI (about 8 minutes; --all for more variants)
 probes: install

@@ -1,8 +1,9 @@
-"""The padding-free encoder's two CPU attention paths, side by side in one process: the native kernel on
-packed rows (`adapt.native`, native/attention.c) against the padded [batch, heads, length, length] layout
-(oneDNN batched matmuls, softmax and dropout in training; SDPA without dropout). MiniLM's geometry (12 heads
-of 32), about 4,096 tokens per call, sequence lengths between 3/4 and all of L; times are the median of
---repeats calls after warm-up.
+"""The CPU paths of padding-free attention (`padding_free.varlen_attention`, transformers' registry name
+"adapt_varlen"), side by side in one process: the native kernel on packed rows (`adapt.speed.native`,
+native/attention.c) against the generic exact path (packed rows scattered into [sequences, heads, length,
+head] and attended by oneDNN matmuls, softmax and `cpu_kernels.dropout` in training; SDPA without dropout).
+MiniLM's geometry (12 heads of 32), about 4,096 tokens per call, sequence lengths between 3/4 and all of L;
+times are the median of --repeats calls after warm-up.
 
     .venv/bin/python benchmarks/bench_attention.py [--lengths 16 64 128 384 512] [--dtype bf16|fp32]"""
 
@@ -20,8 +21,8 @@ from adapt.speed import native, padding_free
 HEADS, HEAD_SIZE = 12, 32
 
 
-class MiniLMAttention:  # the attributes Packing.attend reads from a BertSelfAttention
-    num_attention_heads, attention_head_size, scaling = HEADS, HEAD_SIZE, HEAD_SIZE ** -0.5
+ENCODER_ATTENTION = torch.nn.Module()  # what varlen_attention reads from a BertSelfAttention
+ENCODER_ATTENTION.is_causal = False
 
 
 def use_native(enabled: bool) -> None:
@@ -34,13 +35,17 @@ def milliseconds(length: int, dtype: torch.dtype, dropout: float, backward: bool
     batch = max(1, 4096 // length)
     lengths = torch.randint(length * 3 // 4, length + 1, (batch,), generator=generator)
     lengths[0] = length
-    packing = padding_free.Packing((torch.arange(length) < lengths[:, None]).long())
-    q, k, v = (torch.randn(int(lengths.sum()), HEADS * HEAD_SIZE, generator=generator).to(dtype).requires_grad_(backward)
+    cu = torch.cat([torch.zeros(1, dtype=torch.int64), lengths.cumsum(0)]).to(torch.int32)
+    # [1, tokens, heads, head] leaves, seen as [1, heads, tokens, head] as the models' projections give them
+    tokens = int(lengths.sum())
+    q, k, v = (torch.randn(1, tokens, HEADS, HEAD_SIZE, generator=generator).to(dtype).requires_grad_(backward)
                for _ in range(3))
 
     def call() -> None:
         with torch.set_grad_enabled(backward):
-            context = packing.attend(MiniLMAttention, q, k, v, False, dropout)
+            heads_first = (x.transpose(1, 2) for x in (q, k, v))
+            context, _ = padding_free.varlen_attention(ENCODER_ATTENTION, *heads_first, None, scaling=HEAD_SIZE ** -0.5,
+                                                       dropout=dropout, cu_seq_lens_q=cu, cu_seq_lens_k=cu)
             if backward:
                 context.backward(torch.ones_like(context))
 
@@ -67,7 +72,7 @@ def main() -> None:
     cases = [("training (dropout 0.1), forward + backward", 0.1, True), ("inference, forward", 0.0, False)]
     print(f"{args.dtype}, {HEADS} heads of {HEAD_SIZE}, {torch.get_num_threads()} threads; ms per call (median)")
     for title, dropout, backward in cases:
-        print(f"\n{title}\n{'L':>5} {'padded':>9} {'native':>9} {'native/padded':>14}")
+        print(f"\n{title}\n{'L':>5} {'generic':>9} {'native':>9} {'native/generic':>14}")
         for length in args.lengths:
             timed = {}
             for enabled in (False, True):

@@ -54,11 +54,12 @@ def run_measured(target: str, args: list[str], workdir: Path, env: dict[str, str
             **json.loads(report.read_text())}
 
 
-def run_adapt(data_dir: Path, model: str, examples: int, seed: int, workdir: Path, cache: Path) -> dict:
+def run_adapt(data_dir: Path, model: str, examples: int, seed: int, workdir: Path, cache: Path,
+              batch_size: int = 32) -> dict:
     output_dir = workdir / "run"
     args = ["finetune", "--recipe", "sentiment", "--model", model, "--data", str(data_dir / "train.tsv"),
             "--validation", str(data_dir / "dev.tsv"), "--max-train-examples", str(examples), "--epochs", "1",
-            "--batch-size", "32", "--lr", "5e-5", "--seed", str(seed), "--output-dir", str(output_dir),
+            "--batch-size", str(batch_size), "--lr", "5e-5", "--seed", str(seed), "--output-dir", str(output_dir),
             "--overwrite", "data.columns.text=sentence", "tracking=[]"]
     measured = run_measured("adapt", args, workdir, {"ADAPT_CACHE": str(cache)})
     metrics = json.loads((output_dir / "metrics.json").read_text())
@@ -69,10 +70,13 @@ def run_adapt(data_dir: Path, model: str, examples: int, seed: int, workdir: Pat
             "device": metrics["device"], **measured}
 
 
-def run_peer(config: str, data_dir: Path, model: str, examples: int, seed: int, workdir: Path) -> dict:
+def run_peer(config: str, data_dir: Path, model: str, examples: int, seed: int, workdir: Path,
+             batch_size: int = 32, attn_implementation: str | None = None) -> dict:
     result_file = workdir / "peer.json"
     args = ["--data", str(data_dir), "--model", model, "--config", config, "--examples", str(examples),
-            "--seed", str(seed), "--out", str(result_file)]
+            "--seed", str(seed), "--batch-size", str(batch_size), "--out", str(result_file)]
+    if attn_implementation:
+        args += ["--attn-implementation", attn_implementation]
     measured = run_measured("peer", args, workdir, {})
     # the parent's wall time and RSS replace the peer's own figures, so both systems are measured alike
     return {**json.loads(result_file.read_text()), **measured}
@@ -143,10 +147,12 @@ def summarise(runs: list[dict], systems: list[str]) -> dict:
     return {"medians": medians, "ratios": ratios}
 
 
-def print_speed_tables(summary: dict, runs: list[dict], systems: list[str], rounds: int, peak: float) -> None:
+def print_speed_tables(summary: dict, runs: list[dict], systems: list[str], rounds: int, peak: float | None,
+                       workload: str = "SST-2") -> None:
+    """The medians table and the per-round adapt/peer ratio table; `peak` (FLOP/s) None when no MFU was computed."""
     shown = [m for m in METRICS if present(m[0], runs)]
-    table = Table(title=f"SST-2, medians over {rounds} round(s); MFU against a measured bf16 matmul peak of "
-                        f"{peak / 1e12:.3f} TFLOP/s")
+    mfu_note = f"; MFU against a measured bf16 matmul peak of {peak / 1e12:.3f} TFLOP/s" if peak else ""
+    table = Table(title=f"{workload}, medians over {rounds} round(s){mfu_note}")
     table.add_column("system")
     table.add_column("precision")
     for _, heading, _, _ in shown:
@@ -237,12 +243,34 @@ def cache_mode(args, scratch: Path) -> dict:
             "second_run_faster_data": runs[1]["data_seconds"] < runs[0]["data_seconds"]}
 
 
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_features() -> dict:
+    """The CPU features that decide adapt's precision and kernels: the /proc/cpuinfo flags among CPU_FLAGS
+    (Linux; empty elsewhere), PyTorch's CPU dispatch level, and whether oneDNN has native bf16 matmul (what
+    `train.mixed_precision: auto` checks: bf16 with it, fp32 without)."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    flags = next((set(line.split(":", 1)[1].split()) for line in lines if line.startswith("flags")), set())
+    return {"flags": [f for f in CPU_FLAGS if f in flags], "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+
+
+def print_cpu_features() -> None:
+    features = cpu_features()
+    console.print(f"CPU features: {' '.join(features['flags']) or 'unknown'}; torch dispatch "
+                  f"{features['torch_cpu_capability']}; native bf16 matmul: {'yes' if features['native_bf16'] else 'no (fp32)'}")
+
+
 def machine() -> dict:
     import torch
 
     info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"), "cpu_features": cpu_features()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -280,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
     # offline: everything is local, and a Hub lookup must never stall a timed run
     os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     started = time.strftime("%Y%m%d-%H%M%S")
+    print_cpu_features()
     with tempfile.TemporaryDirectory(prefix="adapt-bench-") as scratch:
         run = {"accuracy": accuracy_mode, "cache": cache_mode, "speed": speed_mode}[mode](args, Path(scratch))
     result = {"mode": mode, "started": started, "machine": machine(),

@@ -2,7 +2,8 @@
 both systems through this one launcher so that each is measured the same way.
 
     python benchmarks/launch.py --report FILE adapt finetune --recipe sentiment ...
-    python benchmarks/launch.py --report FILE peer --data DIR --config bf16 ..."""
+    python benchmarks/launch.py --report FILE peer --data DIR --config bf16 ...
+    python benchmarks/launch.py --report FILE sft-peer --train FILE --validation FILE ..."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import runpy
 import sys
 from pathlib import Path
 
-PEER = Path(__file__).resolve().parent / "trainer_peer.py"
+PEERS = {"peer": Path(__file__).resolve().parent / "trainer_peer.py",  # SST-2 (bench_sst2.py)
+         "sft-peer": Path(__file__).resolve().parent / "sft_peer.py"}  # prompt/completion SFT (bench_sft.py)
 
 
 def cuda_peak_mb() -> float | None:
@@ -22,7 +24,7 @@ def cuda_peak_mb() -> float | None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) < 3 or argv[0] != "--report" or argv[2] not in ("adapt", "peer"):
+    if len(argv) < 3 or argv[0] != "--report" or argv[2] not in ("adapt", *PEERS):
         raise SystemExit(__doc__)
     report, target, args = Path(argv[1]), argv[2], argv[3:]
     try:
@@ -32,8 +34,8 @@ def main(argv: list[str]) -> None:
             sys.argv = ["adapt", *args]
             adapt_cli()
         else:
-            sys.argv = [str(PEER), *args]
-            runpy.run_path(str(PEER), run_name="__main__")
+            sys.argv = [str(PEERS[target]), *args]
+            runpy.run_path(str(PEERS[target]), run_name="__main__")
     finally:
         report.write_text(json.dumps({"cuda_peak_mb": cuda_peak_mb()}))
 

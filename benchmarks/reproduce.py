@@ -87,7 +87,7 @@ BENCHMARKS = [
 def data_sources(bench: Benchmark, data_dir: Path) -> tuple[dict[str, str], str | None]:
     """({train/validation/test: local path}, None) or ({}, why the benchmark cannot run here)."""
     if bench.recipe not in available_recipes():
-        return {}, f"recipe '{bench.recipe}' is not present in recipes/"
+        return {}, f"recipe '{bench.recipe}' is not among the packaged recipes (src/adapt/recipes/)"
     if bench.data is not None:
         sources = {role: str(data_dir / rel) for role, rel in bench.data.items()}
     else:

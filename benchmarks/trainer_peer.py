@@ -51,7 +51,9 @@ def recipe_warmup_ratio() -> float:
 
 
 def run(data_dir: Path, model: str, config_name: str, n_examples: int, seed: int, batch_size: int, lr: float,
-        epochs: float) -> dict:
+        epochs: float, attn_implementation: str | None = None) -> dict:
+    """One Trainer fine-tune; `attn_implementation` ("sdpa", "flash_attention_2", ...) as transformers'
+    `from_pretrained` takes it, None for transformers' default."""
     import numpy as np
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
@@ -74,7 +76,9 @@ def run(data_dir: Path, model: str, config_name: str, n_examples: int, seed: int
     real_tokens = int(sum(sum(mask) for mask in train["attention_mask"]))
 
     set_seed(seed)  # the classifier head is initialised from this seed, as adapt does before building the model
-    classifier = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=2, use_safetensors=True)
+    classifier = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=2, use_safetensors=True,
+        **({"attn_implementation": attn_implementation} if attn_implementation else {}))
 
     steps = math.ceil(epochs * math.ceil(len(train) / batch_size))
     use_cpu = not torch.cuda.is_available()
@@ -107,6 +111,7 @@ def run(data_dir: Path, model: str, config_name: str, n_examples: int, seed: int
         "train_tokens_per_s": real_tokens / train_metrics["train_runtime"],
         "dev_accuracy": eval_metrics["eval_accuracy"],
         "mixed_precision": "bf16" if config["bf16"] else "no", "device": str(args.device),
+        "attn_implementation": classifier.config._attn_implementation,
     }
 
 
@@ -120,9 +125,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--epochs", type=float, default=1.0)
+    parser.add_argument("--attn-implementation", default=None, help="sdpa, flash_attention_2, ... (default: transformers')")
     parser.add_argument("--out", type=Path, help="also write the JSON line to this file")
     args = parser.parse_args(argv)
-    result = run(args.data, args.model, args.config, args.examples, args.seed, args.batch_size, args.lr, args.epochs)
+    result = run(args.data, args.model, args.config, args.examples, args.seed, args.batch_size, args.lr, args.epochs,
+                 args.attn_implementation)
     result["wall_seconds"] = round(time.time() - psutil.Process().create_time(), 2)  # from process start
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     line = json.dumps(result)

@@ -1,47 +1,73 @@
-"""The padding-free BERT forward computes what transformers' forward computes: logits and gradients on
-ragged batches for every encoder head adapt uses, the fallbacks, and the CPU dropout's statistics."""
+"""Padding-free training through transformers' attention registry computes what transformers' padded forward
+computes: logits and gradients on ragged batches for encoder heads and a decoder, packed documents kept apart,
+batches it must not touch left alone, saved files unchanged; and the CPU kernels (dropout, packed attention)."""
+
+import copy
+import json
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForQuestionAnswering, BertForSequenceClassification,
-                          BertForTokenClassification, LlamaConfig, LlamaForCausalLM)
+import torch.nn.functional as F
+from transformers import (AutoModelForSequenceClassification, BertConfig, BertForQuestionAnswering,
+                          BertForSequenceClassification, BertForTokenClassification, DebertaV2Config,
+                          DebertaV2ForSequenceClassification, LlamaConfig, LlamaForCausalLM, RobertaConfig,
+                          RobertaForSequenceClassification)
 
 from adapt.speed import cpu_kernels, native, padding_free
 
-
-def tiny_config(num_labels: int = 3) -> BertConfig:
-    return BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
-                      max_position_embeddings=32, num_labels=num_labels, hidden_dropout_prob=0.0,
-                      attention_probs_dropout_prob=0.0)
+BERT = dict(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+            max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
-def twin_models(head, first_token_only: bool):
-    """The same random weights twice: transformers' forward, and the padding-free one."""
+def tiny(head):
+    """A tiny random model of `head`'s class, dropout off."""
     torch.manual_seed(0)
-    labels = 2 if head is BertForQuestionAnswering else 3  # QA heads score start and end
-    reference = head(tiny_config(labels))
-    fast = head(tiny_config(labels))
-    fast.load_state_dict(reference.state_dict())
-    assert padding_free.install(fast, first_token_only=first_token_only)
+    if head is LlamaForCausalLM:  # grouped-query attention: 4 query heads on 2 key/value heads
+        return head(LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.0))
+    if head is RobertaForSequenceClassification:
+        return head(RobertaConfig(**BERT, pad_token_id=1, num_labels=3))
+    return head(BertConfig(**BERT, num_labels=2 if head is BertForQuestionAnswering else 3))
+
+
+def twins(head):
+    """transformers' padded forward (sdpa) and the same weights with padding-free installed."""
+    reference = tiny(head)
+    fast = copy.deepcopy(reference)
+    assert padding_free.install(fast)
+    for model in (reference, fast):
+        model.train()  # dropout is 0: training mode must agree too
     return reference, fast
 
 
-def ragged_batch(with_token_types: bool) -> dict[str, torch.Tensor]:
+def ragged_batch(with_token_types: bool = False, lengths=(9, 4, 1, 6)) -> dict[str, torch.Tensor]:
     torch.manual_seed(1)
-    lengths = [9, 4, 1, 6]
-    ids = torch.randint(1, 120, (len(lengths), max(lengths)))
+    ids = torch.randint(3, 120, (len(lengths), max(lengths)))
     mask = torch.tensor([[1] * n + [0] * (max(lengths) - n) for n in lengths])
-    batch = {"input_ids": ids * mask, "attention_mask": mask}
+    batch = {"input_ids": ids * mask + 1 * (1 - mask), "attention_mask": mask}  # pad id 1 (RoBERTa's)
     if with_token_types:
         batch["token_type_ids"] = torch.tensor([[0] * (n // 2) + [1] * (max(lengths) - n // 2) for n in lengths]) * mask
     return batch
 
 
-def outputs_on_real_tokens(out, mask: torch.Tensor) -> list[torch.Tensor]:
+def on_real_tokens(out, mask: torch.Tensor) -> list[torch.Tensor]:
     if hasattr(out, "start_logits"):
         return [out.start_logits[mask.bool()], out.end_logits[mask.bool()]]
-    logits = out.logits
-    return [logits[mask.bool()] if logits.dim() == 3 else logits]
+    return [out.logits[mask.bool()] if out.logits.dim() == 3 else out.logits]
+
+
+class AttentionCalls:
+    """Records the query shape and cu_seq_lens_q of every call of the registered attention function."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        attend = padding_free.varlen_attention
+
+        def spy(module, query, *args, **kwargs):
+            self.calls.append((tuple(query.shape), kwargs.get("cu_seq_lens_q")))
+            return attend(module, query, *args, **kwargs)
+
+        monkeypatch.setitem(padding_free.AttentionInterface._global_mapping, padding_free.ATTENTION, spy)
 
 
 needs_kernels = pytest.mark.skipif(native.library() is None, reason="the native kernels are not built (make install)")
@@ -49,7 +75,7 @@ needs_kernels = pytest.mark.skipif(native.library() is None, reason="the native 
 
 @pytest.fixture(params=["native attention", "padded attention"])
 def attention_path(request, monkeypatch):
-    """Each test that uses it runs on the native attention kernel (where built) and on the padded layout."""
+    """Each test that uses it runs on the native attention kernel (where built) and on the generic exact path."""
     if request.param == "padded attention":
         monkeypatch.setenv(native.SWITCH_VARIABLE, "0")
     elif native.library() is None:
@@ -59,69 +85,177 @@ def attention_path(request, monkeypatch):
     native.library.cache_clear()
 
 
-@pytest.mark.parametrize("head,first_token_only", [
-    (BertForSequenceClassification, True), (BertForSequenceClassification, False),
-    (BertForTokenClassification, False), (BertForQuestionAnswering, False)])
-@pytest.mark.parametrize("with_token_types", [False, True])
-def test_same_outputs_and_gradients_as_transformers(head, first_token_only, with_token_types, attention_path):
-    reference, fast = twin_models(head, first_token_only)
+@pytest.mark.parametrize("head,with_token_types", [
+    (BertForSequenceClassification, False), (BertForSequenceClassification, True), (BertForTokenClassification, True),
+    (BertForQuestionAnswering, False), (RobertaForSequenceClassification, False), (LlamaForCausalLM, False)])
+def test_same_outputs_and_gradients_as_transformers(head, with_token_types, attention_path, monkeypatch):
+    reference, fast = twins(head)
     batch = ragged_batch(with_token_types)
-    for model in (reference, fast):
-        model.train()  # dropout is 0: training mode must agree too
-    expected = outputs_on_real_tokens(reference(**batch), batch["attention_mask"])
-    actual = outputs_on_real_tokens(fast(**batch), batch["attention_mask"])
+    spy = AttentionCalls(monkeypatch)
+    expected = on_real_tokens(reference(**batch), batch["attention_mask"])
+    actual = on_real_tokens(fast(**batch), batch["attention_mask"])
+    assert spy.calls and all(shape[2] == 20 and cu.tolist() == [0, 9, 13, 14, 20] for shape, cu in spy.calls)
     for e, a in zip(expected, actual):
         assert a.shape == e.shape
         torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
     sum(t.square().sum() for t in expected).backward()
     sum(t.square().sum() for t in actual).backward()
-    grads = {n: p.grad for n, p in fast.named_parameters() if p.grad is not None}
+    grads = dict(fast.named_parameters())
+    compared = 0
     for name, param in reference.named_parameters():
         if param.grad is not None and param.grad.abs().max() > 0:
-            torch.testing.assert_close(grads[name], param.grad, atol=1e-5, rtol=1e-4, msg=name)
+            torch.testing.assert_close(grads[name].grad, param.grad, atol=1e-5, rtol=1e-4, msg=name)
+            compared += 1
+    assert compared > 10
 
 
-def test_first_token_only_skips_the_rest_of_the_last_layer():
-    _, fast = twin_models(BertForSequenceClassification, True)
-    batch = ragged_batch(False)
-    hidden = fast.bert(**batch).last_hidden_state
-    assert hidden.shape == (4, 1, 32)  # one state per row: the [CLS] position
+def test_padded_outputs_are_zero_at_pads_and_the_pooler_reads_the_first_token():
+    reference, fast = twins(BertForSequenceClassification)
+    batch = ragged_batch()
+    out = fast.bert(**batch)
+    assert out.last_hidden_state.shape == (4, 9, 32)
+    assert out.last_hidden_state[~batch["attention_mask"].bool()].abs().max() == 0
+    torch.testing.assert_close(out.pooler_output, reference.bert(**batch).pooler_output, atol=1e-5, rtol=1e-5)
 
 
-def test_left_padding_and_unsupported_calls_fall_back_to_transformers():
-    reference, fast = twin_models(BertForSequenceClassification, True)
+def test_packed_documents_equal_the_documents_one_by_one(attention_path):
+    """A plain-text row of three documents (position_ids restarting, no attention_mask) attends per document."""
+    reference, fast = twins(LlamaForCausalLM)
+    torch.manual_seed(2)
+    documents = [torch.randint(3, 120, (1, n)) for n in (5, 7, 3)]
+    row = torch.cat(documents, 1)
+    positions = torch.cat([torch.arange(d.shape[1]) for d in documents]).unsqueeze(0)
+    packed = fast(input_ids=row, position_ids=positions).logits
+    one_by_one = torch.cat([reference(input_ids=d).logits for d in documents], 1)
+    torch.testing.assert_close(packed, one_by_one, atol=1e-5, rtol=1e-5)
+    bert_reference, bert = twins(BertForTokenClassification)
+    packed = bert(input_ids=row, position_ids=positions).logits
+    one_by_one = torch.cat([bert_reference(input_ids=d).logits for d in documents], 1)
+    torch.testing.assert_close(packed, one_by_one, atol=1e-5, rtol=1e-5)
+
+
+def test_left_padding_and_generation_are_left_to_transformers(monkeypatch):
+    reference, fast = twins(LlamaForCausalLM)
     reference.eval(), fast.eval()
+    spy = AttentionCalls(monkeypatch)
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    ids = torch.randint(1, 120, (2, 5))
+    ids = torch.randint(3, 120, (2, 5))
     torch.testing.assert_close(fast(input_ids=ids, attention_mask=mask).logits,
                                reference(input_ids=ids, attention_mask=mask).logits)
-    out = fast.bert(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-    assert len(out.hidden_states) == 4  # embeddings + 3 layers: transformers' own forward answered
+    generated = fast.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert torch.equal(generated, reference.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4,
+                                                     do_sample=False, pad_token_id=0))
+    assert spy.calls and all(cu is None for _, cu in spy.calls)  # never flattened
+    assert {shape[0] for shape, _ in spy.calls} == {2}
 
 
-def test_gradient_checkpointing_uses_the_transformers_forward():
-    _, fast = twin_models(BertForSequenceClassification, True)
-    fast.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    fast.train()
-    batch = ragged_batch(False)
-    assert fast.bert(**batch).last_hidden_state.shape == (4, 9, 32)  # every position: the padded forward ran
-
-
-def test_install_only_on_supported_encoders_and_once():
-    llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                         num_attention_heads=4, num_key_value_heads=4))
-    forward = llama.model.forward
-    assert padding_free.install(llama) is False
-    assert llama.model.forward == forward
-    _, fast = twin_models(BertForTokenClassification, False)
-    assert padding_free.install(fast) is False  # already installed
-
-
-def test_installed_model_saves_the_standard_weights(tmp_path):
-    reference, fast = twin_models(BertForSequenceClassification, True)
+def test_installed_model_saves_a_plain_transformers_model(tmp_path):
+    reference, fast = twins(BertForSequenceClassification)
     fast.save_pretrained(tmp_path)
-    loaded = BertForSequenceClassification.from_pretrained(tmp_path)
-    assert set(loaded.state_dict()) == set(reference.state_dict())
+    assert "adapt_varlen" not in (tmp_path / "config.json").read_text()
+    assert "attn_implementation" not in json.loads((tmp_path / "config.json").read_text())
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert loaded.config._attn_implementation == "sdpa"
+    batch = ragged_batch()
+    reference.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(**batch).logits, reference(**batch).logits)
+
+
+def test_install_refuses_architectures_outside_the_registry_and_is_idempotent():
+    deberta = DebertaV2ForSequenceClassification(DebertaV2Config(
+        vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
+    assert "registry" in padding_free.unsupported(deberta)
+    assert padding_free.install(deberta) is False
+    assert not deberta._forward_pre_hooks and not deberta.deberta._forward_pre_hooks
+    _, fast = twins(BertForTokenClassification)
+    assert padding_free.unsupported(fast) is None
+    assert padding_free.install(fast) is True
+    assert len(fast.bert._forward_pre_hooks) == 1  # installed once
+
+
+@pytest.mark.parametrize("causal,window,kv_heads", [(False, None, 4), (True, None, 2), (False, 3, 4), (True, 2, 1)])
+def test_varlen_attention_equals_sdpa_per_sequence(causal, window, kv_heads, attention_path):
+    """Packed sequences against F.scaled_dot_product_attention run on each sequence alone (with the causal /
+    |q - k| < window pattern), grouped-query heads included."""
+    torch.manual_seed(3)
+    lengths, heads, d = [5, 1, 8], 4, 8
+    tokens = sum(lengths)
+    q = torch.randn(1, heads, tokens, d, requires_grad=True)
+    k, v = (torch.randn(1, kv_heads, tokens, d, requires_grad=True) for _ in range(2))
+    cu = torch.tensor([0, 5, 6, 14], dtype=torch.int32)
+    module = torch.nn.Module()
+    module.is_causal = causal
+    out, weights = padding_free.varlen_attention(module, q, k, v, None, scaling=0.3, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                                 max_length_q=8, max_length_k=8, sliding_window=window)
+    assert weights is None and out.shape == (1, tokens, heads, d)
+    expected = []
+    for s in range(3):
+        rows = slice(int(cu[s]), int(cu[s + 1]))
+        n = rows.stop - rows.start
+        i, j = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        allowed = torch.ones(n, n, dtype=torch.bool)
+        if causal:
+            allowed &= j <= i
+        if window is not None:
+            allowed &= (i - j).abs() < window
+        expected.append(F.scaled_dot_product_attention(q[:, :, rows], k[:, :, rows], v[:, :, rows], attn_mask=allowed,
+                                                       scale=0.3, enable_gqa=True).transpose(1, 2))
+    expected = torch.cat(expected, 1)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+    grad = torch.randn_like(out)
+    for a, e in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(expected, (q, k, v), grad)):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gpu_padding_free_matches_sdpa(dtype):
+    """On a GPU (varlen kernel in bf16 where PyTorch or flash-attn has one, the exact SDPA path otherwise): a
+    tiny Llama's and BERT's padding-free logits and gradients equal the padded sdpa forward."""
+    atol = 1e-5 if dtype == torch.float32 else 2e-2
+    for head in (LlamaForCausalLM, BertForTokenClassification):
+        reference, fast = (m.to("cuda", dtype) for m in twins(head))
+        batch = {k: v.cuda() for k, v in ragged_batch().items()}
+        expected = on_real_tokens(reference(**batch), batch["attention_mask"])[0]
+        actual = on_real_tokens(fast(**batch), batch["attention_mask"])[0]
+        torch.testing.assert_close(actual.float(), expected.float(), atol=atol, rtol=atol)
+        expected.float().square().sum().backward()
+        actual.float().square().sum().backward()
+        grads = dict(fast.named_parameters())
+        # relative to the model's largest gradient: some (key biases) are zero up to rounding
+        scale = max(p.grad.float().abs().max().item() for p in reference.parameters() if p.grad is not None)
+        for name, param in reference.named_parameters():
+            if param.grad is not None:
+                torch.testing.assert_close(grads[name].grad.float() / scale, param.grad.float() / scale,
+                                           atol=atol, rtol=atol, msg=name)
+
+
+def test_the_hooks_still_flatten_under_peft(monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    reference, fast = twins(BertForSequenceClassification)
+    lora = LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"], init_lora_weights=False)
+    torch.manual_seed(5)
+    reference = get_peft_model(reference, lora)
+    torch.manual_seed(5)
+    fast = get_peft_model(fast, lora)
+    spy = AttentionCalls(monkeypatch)
+    batch = ragged_batch()
+    torch.testing.assert_close(fast(**batch).logits, reference(**batch).logits, atol=1e-5, rtol=1e-5)
+    assert spy.calls and all(cu is not None and cu.tolist() == [0, 9, 13, 14, 20] for _, cu in spy.calls)
+
+
+def test_install_gives_dropout_modules_the_fast_cpu_sampling():
+    model = BertForSequenceClassification(BertConfig(**{**BERT, "hidden_dropout_prob": 0.1}))
+    assert padding_free.install(model)
+    layer_dropout = model.bert.encoder.layer[0].output.dropout
+    x = torch.ones(1000, 32)
+    torch.manual_seed(4)
+    y = layer_dropout(x)
+    torch.manual_seed(4)
+    assert torch.equal(y, cpu_kernels.dropout(x, 0.1, True))
+    layer_dropout.eval()
+    assert layer_dropout(x) is x
 
 
 def test_cpu_dropout_rate_scale_and_seed():

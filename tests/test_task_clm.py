@@ -89,12 +89,49 @@ def test_passages_cut_after_blank_lines_and_join_back_exactly():
 
 
 def test_packing_puts_eos_after_documents_and_drops_the_tail():
-    blocks, owners = pack_blocks([[1, 2, 3], [4, 5], [6]], [False, True, True], eos_id=0, block_size=2)
-    # stream: 1 2 3 | 4 5 EOS | 6 EOS -> (1 2) (3 4) (5 0) (6 0)
-    assert blocks == [[1, 2], [3, 4], [5, 0], [6, 0]]
-    assert owners == [0, 0, 1, 2]
-    blocks, owners = pack_blocks([[1, 2, 3], [4, 5]], [True, True], eos_id=0, block_size=4)
-    assert blocks == [[1, 2, 3, 0]] and owners == [0]  # "4 5 EOS" is the ragged tail
+    packed = pack_blocks([[1, 2, 3], [4, 5], [6]], [False, True, True], eos_id=0, block_size=2)
+    # stream: 1 2 3 | 4 5 EOS | 6 EOS -> (1 2) (3 4) (5 0) (6 0); rows 0 and 1 are one document
+    assert packed["input_ids"] == [[1, 2], [3, 4], [5, 0], [6, 0]]
+    assert packed["example"] == [0, 0, 1, 2]
+    assert packed["position_ids"] == [[0, 1]] * 4 and packed["labels"] == packed["input_ids"]
+    packed = pack_blocks([[1, 2, 3], [4, 5]], [True, True], eos_id=0, block_size=4)
+    assert packed["input_ids"] == [[1, 2, 3, 0]] and packed["example"] == [0]  # "4 5 EOS" is the ragged tail
+
+
+def test_packed_blocks_restart_positions_per_document_and_mask_cross_document_targets():
+    docs = [[11, 12, 13], [21, 22], [31, 32, 33, 34]]
+    packed = pack_blocks(docs, [True, True, True], eos_id=0, block_size=10)
+    # stream: 11 12 13 EOS | 21 22 EOS | 31 32 33 (34 EOS: the tail)
+    assert packed["input_ids"] == [[11, 12, 13, 0, 21, 22, 0, 31, 32, 33]]
+    assert packed["position_ids"] == [[0, 1, 2, 3, 0, 1, 2, 0, 1, 2]]
+    # each EOS stays a target; 21 and 31 would be predicted from the previous document's EOS
+    assert packed["labels"] == [[11, 12, 13, 0, -100, 22, 0, -100, 32, 33]]
+    # a block that starts inside a document: that piece restarts at position 0 too
+    packed = pack_blocks(docs, [True, True, True], eos_id=0, block_size=5)
+    assert packed["input_ids"] == [[11, 12, 13, 0, 21], [22, 0, 31, 32, 33]]
+    assert packed["position_ids"] == [[0, 1, 2, 3, 0], [0, 1, 0, 1, 2]]
+    assert packed["labels"] == [[11, 12, 13, 0, -100], [22, 0, -100, 32, 33]]
+    assert packed["example"] == [0, 1]
+    # passages of one file (no document end between them) keep counting; an empty row starts nothing
+    packed = pack_blocks([[1, 2], [], [3], [4]], [False, False, True, True], eos_id=0, block_size=6)
+    assert packed["position_ids"] == [[0, 1, 2, 3, 0, 1]] and packed["labels"] == [[1, 2, 3, 0, -100, 0]]
+
+
+def test_text_blocks_of_three_documents_carry_position_ids_and_no_attention_mask(tiny_gpt2, tmp_path):
+    texts = ["first doc here", "second one", "the third document is longer"]
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tok_ids = make_task(tiny_gpt2).tokenizer(texts, add_special_tokens=False)["input_ids"]
+    n1, n2, n3 = (len(ids) + 1 for ids in tok_ids)  # with EOS
+    task = make_task(tiny_gpt2, [("task_options.block_size", n1 + n2 + n3)])
+    features = task.featurize(task.read_source(str(docs), "train"), "train")
+    assert "attention_mask" not in features.column_names and len(features) == 1
+    assert features[0]["position_ids"] == [*range(n1), *range(n2), *range(n3)]
+    labels = features[0]["labels"]
+    assert [i for i, label in enumerate(labels) if label == -100] == [n1, n1 + n2]
+    batch = task.collate(features[:1])
+    assert set(batch) == {"input_ids", "position_ids", "labels"}
+    assert task.count_targets(batch) == n1 + n2 + n3 - 3  # all but the block's first token and two doc starts
 
 
 def test_text_features_are_consecutive_blocks_of_the_token_stream(tiny_gpt2, tmp_path):
@@ -221,6 +258,54 @@ def test_perplexity_weights_tokens_not_batches(tiny_gpt2):
     batch_means = [math.exp(p["nll"] / p["tokens"]) for p in predictions]
     assert predictions[0]["tokens"] != predictions[1]["tokens"]
     assert abs(metrics["perplexity"] - sum(batch_means) / 2) > 1e-3 * metrics["perplexity"]
+
+
+def test_nll_and_targets_of_a_packed_block_count_only_same_document_predictions(tiny_gpt2):
+    task = make_task(tiny_gpt2)
+    model = MarkovLM(100)
+    features = pack_blocks([[11, 12, 13], [21, 22], [31, 32, 33, 34]], [True, True, True], eos_id=0, block_size=10)
+    batch = task.collate({**features, "length": [10]})
+    # (previous token -> target) pairs scored: within each document, its EOS included; 0 -> 21 and 0 -> 31 not
+    pairs = [(11, 12), (12, 13), (13, 0), (21, 22), (22, 0), (31, 32), (32, 33)]
+    log_probs = model(torch.arange(100)).logits.log_softmax(-1)
+    expected = -sum(float(log_probs[before, target]) for before, target in pairs)
+    assert task.count_targets(batch) == 7
+    out = task.eval_step(model, batch)
+    assert int(out["tokens"]) == 7 and float(out["nll"]) == pytest.approx(expected, rel=1e-6)
+    loss, targets = task.loss(model, batch)
+    assert int(targets) == 7 and float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def _tiny_decoder(family: str):
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    if family == "llama":
+        config = LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        return LlamaForCausalLM._from_config(config, attn_implementation="sdpa").eval()
+    config = GPT2Config(vocab_size=100, n_embd=32, n_layer=2, n_head=4, n_positions=64, bos_token_id=1, eos_token_id=2)
+    return GPT2LMHeadModel._from_config(config, attn_implementation="sdpa").eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_packed_block_logits_equal_each_document_run_alone(tiny_gpt2, family):
+    from adapt.tasks.causal_lm import forward
+
+    task = make_task(tiny_gpt2)
+    model = _tiny_decoder(family)
+    generator = torch.Generator().manual_seed(1)
+    docs = [torch.randint(3, 100, (n,), generator=generator).tolist() for n in (5, 3, 7)]
+    features = pack_blocks(docs, [True, True, True], eos_id=2, block_size=18)  # 6 + 4 + 8 tokens: one block
+    batch = task.collate({**features, "length": [18]})
+    assert "attention_mask" not in batch and model.config.use_cache  # forward must not build a cache
+    with torch.no_grad():
+        packed = forward(model, batch).logits[0]
+        alone = torch.cat([model(input_ids=torch.tensor([ids + [2]])).logits[0] for ids in docs])
+        attending_across = model(input_ids=batch["input_ids"], attention_mask=torch.ones_like(batch["input_ids"])).logits[0]
+    assert packed.shape == alone.shape == (18, 100)
+    torch.testing.assert_close(packed, alone, atol=1e-5, rtol=0)
+    assert (attending_across[6:] - alone[6:]).abs().max() > 1e-3  # the test sees cross-document attention
 
 
 # ---- end to end --------------------------------------------------------------------------------------------

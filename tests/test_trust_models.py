@@ -108,8 +108,7 @@ def write_conll(path: Path, n: int) -> Path:
 def test_lora_ner_reload_predict_and_merged_pipeline(tiny_bert, tmp_path):
     from transformers import pipeline
 
-    from adapt.lora import merge_adapter
-    from adapt.runner import load_trained, predict_stream
+    from adapt.runner import load_trained, merge_adapter, predict_stream
     from adapt.train import finetune
 
     train, val = write_conll(tmp_path / "train.txt", 24), write_conll(tmp_path / "val.txt", 6)
@@ -250,7 +249,7 @@ def test_peft_default_lora_targets_cover_more_model_types(kind, task_name):
     bare = auto.from_config(config)
     # peft's own list where it has one (gemma, gemma2, opt), otherwise every linear layer but the head
     expected = set(PEFT_DEFAULTS.get(config.model_type, [])) or set(linear_layer_names(bare)) - {"lm_head"}
-    model = wrap_with_peft(bare, PeftConfig(), task_name)
+    model = wrap_with_peft(bare, PeftConfig(), get_task_class(task_name))
     adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in model.named_parameters() if ".lora_A" in name}
     assert adapted == expected
     assert model.peft_config["default"].task_type == get_task_class(task_name).peft_task_type
@@ -284,7 +283,7 @@ def test_target_modules_that_match_nothing_is_one_line(tiny_bert):
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert, num_labels=2)
     with pytest.raises(AdaptError, match=r"peft.target_modules: \['q_proj'\] match no layer of this bert model; "
                                          r"name some of its linear layers \(.*query.*\)"):
-        wrap_with_peft(model, PeftConfig(target_modules=["q_proj"]), "classification")
+        wrap_with_peft(model, PeftConfig(target_modules=["q_proj"]), get_task_class("classification"))
 
 
 # ---- generation configs -----------------------------------------------------------------------------

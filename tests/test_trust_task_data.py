@@ -107,7 +107,7 @@ def test_null_and_empty_words_and_sentences_are_errors(tmp_path):
 
 
 def test_tag_decoding_of_every_scheme():
-    from adapt.tasks.token_classification import tag_spans, to_iob2
+    from adapt.metrics.sequence import tag_spans, to_iob2
 
     assert tag_spans(["I-PER", "I-PER", "B-PER", "I-LOC", "O", "I-LOC"]) == [
         ("PER", 0, 2), ("PER", 2, 3), ("LOC", 3, 4), ("LOC", 5, 6)]

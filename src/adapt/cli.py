@@ -167,7 +167,7 @@ def export(
     """Export a fine-tuned adapter; with --merge, as a plain merged checkpoint."""
     if not merge:
         raise AdaptError("only merged export exists: pass --merge (the run folder itself is already a loadable adapter)")
-    from adapt.lora import merge_adapter
+    from adapt.runner import merge_adapter
 
     print(f"merged checkpoint written to {merge_adapter(model, output, overwrite)}")
 

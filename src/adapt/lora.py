@@ -1,7 +1,7 @@
 """Parameter-efficient fine-tuning with `peft`: LoRA (peft's own default target modules per architecture,
 "all-linear" where peft has none), any other peft method by name, adapter folders that carry what rebuilds
-their model (base config with the labels and task head, generation config), loading them from safetensors
-only, and merging an adapter into a plain checkpoint."""
+their model (base config with the labels and task head, generation config) and loading them from safetensors
+only. Merging an adapter run into a plain checkpoint is an export of a finished run: adapt.runner.merge_adapter."""
 
 from __future__ import annotations
 
@@ -23,16 +23,6 @@ def quiet_peft():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         yield
-
-
-def peft_task_type(task) -> str | None:
-    """peft's task type for an adapt task (a Task, its class, or its registry name): the task's
-    `peft_task_type` ClassVar."""
-    if isinstance(task, str):
-        from adapt.tasks import task_class
-
-        task = task_class(task)
-    return task.peft_task_type
 
 
 def default_target_modules(model, method: str):
@@ -68,14 +58,14 @@ def linear_layer_names(model) -> list[str]:
 
 
 def peft_config(model, cfg: PeftConfig, task):
-    """The peft config for `model` from the recipe's `peft` section; `task` is a Task or a task name.
+    """The peft config for `model` from the recipe's `peft` section; `task` is a Task or its class.
 
     Raises:
         AdaptError: an unknown peft method or a bad option for it.
     """
     import peft
 
-    task_type = peft_task_type(task)
+    task_type = task.peft_task_type
     options = dict(cfg.options)
     targets = cfg.target_modules
     if targets is None and "target_modules" not in options:
@@ -101,7 +91,8 @@ def peft_config(model, cfg: PeftConfig, task):
 
 
 def wrap_with_peft(model, cfg: PeftConfig, task):
-    """The model with only adapter (and task-head) weights trainable; `task` is a Task or a task name.
+    """The model with only adapter (and task-head) weights trainable; `task` is a Task or its class (its
+    `peft_task_type` is peft's task type for the adapter).
 
     Raises:
         AdaptError: `peft.target_modules` that match no layer of the model (naming the layers it has), or
@@ -273,62 +264,3 @@ def load_adapter_model(path: str, task):
 
         model.get_base_model().generation_config = GenerationConfig.from_pretrained(folder)
     return model
-
-
-def check_export_target(run_dir: Path, target: Path, overwrite: bool) -> None:
-    """Refuse, before anything is loaded or written, an export folder that would destroy a run or files adapt
-    did not write: `target` equal to, inside, or holding `run_dir`; a file; a non-empty folder without
-    `overwrite`; with `overwrite`, a folder that is neither an adapt export nor an adapt run (the rule of
-    `adapt finetune --overwrite`, adapt.rundir). The export itself is built beside `target` and swapped in.
-
-    Raises:
-        AdaptError: naming --output and the fix.
-    """
-    from adapt import rundir
-
-    source, output = run_dir.resolve(), target.resolve()
-    where = ("is the run folder" if output == source else "is inside the run folder" if output.is_relative_to(source)
-             else "holds the run folder" if source.is_relative_to(output) else None)
-    if where:
-        raise AdaptError(f"--output {target} {where} {run_dir}; exporting there would replace or alter the run: "
-                         "choose an --output outside it")
-    if target.exists() and not target.is_dir():
-        raise AdaptError(f"--output {target} is a file; choose a folder path for the exported checkpoint")
-    if not rundir.has_content(target):
-        return
-    if not overwrite:
-        raise AdaptError(f"output directory {target} is not empty; pass --overwrite or choose another --output")
-    if not (rundir.is_adapt_export(target) or rundir.is_adapt_run(target)):
-        raise AdaptError(f"--overwrite: {target} is not an adapt export or run (no adapt recipe.yaml beside a model), "
-                         "so adapt will not delete it; remove it yourself or choose another --output")
-
-
-def merge_adapter(run_dir: str, output_dir: str, overwrite: bool = False) -> Path:
-    """Write the base model with the adapter folded in: a plain checkpoint needing neither peft nor adapt.
-    The folder is built beside `output_dir` and swapped in once complete (see `check_export_target` for what
-    may be replaced).
-
-    Raises:
-        AdaptError: no adapter in `run_dir`, or an `output_dir` that `check_export_target` refuses.
-    """
-    import yaml
-
-    from adapt import outputs
-    from adapt.runner import load_trained
-
-    target = Path(output_dir)
-    if not (Path(run_dir) / "adapter_config.json").exists():
-        raise AdaptError(f"{run_dir} holds no adapter (no adapter_config.json); only LoRA/peft runs can be merged")
-    check_export_target(Path(run_dir), target, overwrite)
-    task, model = load_trained(run_dir)
-    merged = model.merge_and_unload()
-    with outputs.AtomicDir(target) as tmp:
-        merged.save_pretrained(tmp, safe_serialization=True)
-        task.tokenizer.save_pretrained(tmp)
-        recipe = task.recipe.model_dump(mode="json")
-        recipe["peft"] = None
-        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-        for name in ("README.md",):
-            if (Path(run_dir) / name).exists():
-                (tmp / name).write_text((Path(run_dir) / name).read_text().replace("library_name: peft", "library_name: transformers"))
-    return target

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import re
+from importlib.resources import files
 from pathlib import Path
-from typing import Any, Literal, get_args
+from types import UnionType
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from adapt.errors import AdaptError
 
-# Recipes live at the repository root (`recipes/`); the package is installed editable by the Makefile.
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable  # Python 3.11+; importlib.abc.Traversable before
+
+# The named recipes ship inside the package (src/adapt/recipes/*.yaml, package data in pyproject.toml), found
+# through importlib.resources so that a wheel install has them too, not only a source checkout.
+RECIPES_DIR: Traversable = files("adapt") / "recipes"
 _EXPONENT_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
@@ -152,11 +158,14 @@ def _format_validation_error(err: ValidationError, source: str, origins: dict[st
     return f"{where}: bad value for '{key}': {first['msg'].removeprefix('Value error, ')}"
 
 
-def available_recipes() -> dict[str, Path]:
-    return {p.stem: p for p in sorted(RECIPES_DIR.glob("*.yaml"))}
+def available_recipes() -> dict[str, Traversable]:
+    """{name: file} of the recipes shipped in the package (`RECIPES_DIR/*.yaml`), sorted by name. A file is a
+    `pathlib.Path` for an installed or editable package, another `Traversable` for a zipped one."""
+    found = {f.name.removesuffix(".yaml"): f for f in RECIPES_DIR.iterdir() if f.name.endswith(".yaml") and f.is_file()}
+    return dict(sorted(found.items()))
 
 
-def recipe_path(name_or_path: str) -> Path:
+def recipe_path(name_or_path: str) -> Path | Traversable:
     """The YAML file a recipe name (one of the packaged recipes) or path refers to.
 
     Raises AdaptError naming the fix when the name is unknown, the path is missing or is a directory."""
@@ -250,7 +259,19 @@ def apply_override(raw: dict[str, Any], dotted_key: str, value: Any) -> None:
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
-    """`key=value` strings; values are parsed as YAML scalars/lists so `lr=3e-5` is a float."""
+    """`key=value` strings -> [(dotted key, value)], in order.
+
+    A key the schema types as text (`str` or `str | None`, see `_field_kinds`; for `task_options.NAME`, the type
+    the tasks' Options declare) takes the text after the first `=` as is, spaces included: a `: `, `#`, leading
+    `[` or inner quote is part of it (`task_options.source_prefix=summarize: ` gives "summarize: "). Two
+    exceptions: a value wholly in YAML quotes is unquoted (`"summarize: "` -> summarize: , `"null"` -> null), and
+    a YAML null (`null`, `~` or nothing) unsets an optional text key (None); for a `str`-only key it is text.
+    Every other value is parsed as YAML: `train.lr=3e-5` is a float, `true` a bool, `[a, b]` a list, `{k: v}` a
+    mapping, `null` None.
+
+    Raises:
+        AdaptError: an item without `=`, or without a key (or a key part) before it.
+    """
     parsed = []
     for item in items:
         if "=" not in item:
@@ -260,23 +281,46 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if not key or not all(part.strip() for part in key.split(".")):
             raise AdaptError(f"override '{item}' has no key{' before =' if not key else ' part between dots'}; "
                              "write section.key=value (e.g. train.lr=3e-5)")
-        try:
-            value = yaml.safe_load(text) if text else None
-        except yaml.YAMLError:
-            value = text
-        if value is None and text.strip() not in _YAML_NULLS:
-            value = text.strip()  # YAML read it as a comment (`data.columns.text=#1 String`): keep the text
-        elif isinstance(value, str) and "#" in text and "#" not in value:
-            value = text.strip()  # a trailing ` #...` that YAML dropped as a comment is part of the value
-        if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
-            value = float(value)  # YAML 1.1 wants a dot in floats, so it reads 3e-5 as a string
-        if isinstance(value, (bool, int, float)) and _is_text_field(key):
-            value = text.strip()  # `data.train=2024.csv` stays a file name, `model=007` is not the number 7
-        parsed.append((key, value))
+        kinds = _field_kinds(key)
+        if kinds and kinds - {type(None)} == {str}:
+            parsed.append((key, _text_value(text, optional=type(None) in kinds)))
+        else:
+            parsed.append((key, _yaml_value(text)))
     return parsed
 
 
 _YAML_NULLS = {"", "null", "Null", "NULL", "~"}
+
+
+def _text_value(text: str, optional: bool) -> str | None:
+    """The value of a text key's override `text` (see `parse_overrides`): as typed, unless wholly in YAML quotes
+    (then unquoted) or, for an `optional` key, a YAML null (then None)."""
+    stripped = text.strip()
+    if optional and stripped in _YAML_NULLS:
+        return None
+    if len(stripped) >= 2 and stripped[0] in "'\"" and stripped[-1] == stripped[0]:
+        try:
+            unquoted = yaml.safe_load(stripped)
+        except yaml.YAMLError:  # `"a" and "b"`: quotes inside the text, not around it
+            unquoted = None
+        if isinstance(unquoted, str):
+            return unquoted
+    return text
+
+
+def _yaml_value(text: str) -> Any:
+    """The value of a non-text key's override `text`, parsed as YAML (a number, bool, list, mapping, null)."""
+    try:
+        value = yaml.safe_load(text) if text else None
+    except yaml.YAMLError:
+        value = text
+    if value is None and text.strip() not in _YAML_NULLS:
+        value = text.strip()  # YAML read it as a comment (`peft.target_modules=#1`): keep the text
+    elif isinstance(value, str) and "#" in text and "#" not in value:
+        value = text.strip()  # a trailing ` #...` that YAML dropped as a comment is part of the value
+    if isinstance(value, str) and _EXPONENT_FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.1 wants a dot in floats, so it reads 3e-5 as a string
+    return value
 
 
 def override_origins(pairs: list[tuple[str, Any]], label: str = "override") -> dict[str, str]:
@@ -290,22 +334,33 @@ def override_origins(pairs: list[tuple[str, Any]], label: str = "override") -> d
     return {key: f"{label} {key}={shown(value)}" for key, value in pairs}
 
 
-def _is_text_field(dotted_key: str) -> bool:
-    """True when the recipe schema types `a.b.c` as plain text (a str, or an optional str)."""
-    model: type[BaseModel] = Recipe
+def _field_kinds(dotted_key: str) -> set[Any]:
+    """The types the recipe schema allows for `a.b.c`: the members of its annotation's union (`str | None` ->
+    {str, NoneType}; `list[str]` -> {list[str]}), empty for an unknown key or one inside a free mapping.
+
+    `task_options.NAME` has the union over every registered task whose Options declare NAME (the task of the
+    recipe is not known yet when overrides are parsed; it imports the task modules). Today no two tasks give one
+    option different types; if they did, the key would not count as text and its value would be parsed as YAML."""
     *parents, leaf = dotted_key.split(".")
-    for part in parents:
-        field = model.model_fields.get(part)
-        inner = [t for t in get_args(field.annotation) or (field.annotation,) if t is not type(None)] if field else []
-        sections = [t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)]
-        if not sections:
-            return False
-        model = sections[0]
-    field = model.model_fields.get(leaf)
-    if field is None:
-        return False
-    kinds = set(get_args(field.annotation) or (field.annotation,)) - {type(None)}
-    return kinds == {str}
+    if parents == ["task_options"]:
+        from adapt.tasks import TASKS, task_class
+
+        fields = [task_class(name).Options.model_fields.get(leaf) for name in TASKS]
+    else:
+        model: type[BaseModel] = Recipe
+        for part in parents:
+            sections = [t for t in _union_members(model.model_fields[part].annotation)
+                        if isinstance(t, type) and issubclass(t, BaseModel)] if part in model.model_fields else []
+            if not sections:
+                return set()
+            model = sections[0]
+        fields = [model.model_fields.get(leaf)]
+    return {kind for field in fields if field is not None for kind in _union_members(field.annotation)}
+
+
+def _union_members(annotation: Any) -> tuple[Any, ...]:
+    """(str, NoneType) for `str | None` or `Optional[str]`; (annotation,) for anything else (`list[str]` too)."""
+    return get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
 
 
 def resolve_recipe(name_or_path: str, overrides: list[tuple[str, Any]] = ()) -> Recipe:

@@ -1,4 +1,5 @@
-"""Using a finished model: load it with the task that trained it, predict on new inputs, score it on data."""
+"""Using a finished model: load it with the task that trained it, predict on new inputs, score it on data, export
+it (an adapter run merged into a plain checkpoint)."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
 
     model = speed.prepare_model(model, task, task.recipe.train)
     task.restore_from_model(model)
-    speed.runtime.setup_done()
+    speed.setup_done()
     return task, model
 
 
@@ -117,3 +118,60 @@ def evaluate_model(model_dir: str, data: str | None, recipe: str | None, overrid
     metrics, predictions = evaluate(task, model, features, raw, accelerator, task.recipe.train.eval_batch_size)
     return {"metrics": metrics, "predictions": task.example_predictions(predictions, raw), "data": source}
 
+
+def check_export_target(run_dir: Path, target: Path, overwrite: bool) -> None:
+    """Refuse, before anything is loaded or written, an export folder that would destroy a run or files adapt
+    did not write: `target` equal to, inside, or holding `run_dir`; a file; a non-empty folder without
+    `overwrite`; with `overwrite`, a folder that is neither an adapt export nor an adapt run (the rule of
+    `adapt finetune --overwrite`, adapt.rundir). The export itself is built beside `target` and swapped in.
+
+    Raises:
+        AdaptError: naming --output and the fix.
+    """
+    from adapt import rundir
+
+    source, output = run_dir.resolve(), target.resolve()
+    where = ("is the run folder" if output == source else "is inside the run folder" if output.is_relative_to(source)
+             else "holds the run folder" if source.is_relative_to(output) else None)
+    if where:
+        raise AdaptError(f"--output {target} {where} {run_dir}; exporting there would replace or alter the run: "
+                         "choose an --output outside it")
+    if target.exists() and not target.is_dir():
+        raise AdaptError(f"--output {target} is a file; choose a folder path for the exported checkpoint")
+    if not rundir.has_content(target):
+        return
+    if not overwrite:
+        raise AdaptError(f"output directory {target} is not empty; pass --overwrite or choose another --output")
+    if not (rundir.is_adapt_export(target) or rundir.is_adapt_run(target)):
+        raise AdaptError(f"--overwrite: {target} is not an adapt export or run (no adapt recipe.yaml beside a model), "
+                         "so adapt will not delete it; remove it yourself or choose another --output")
+
+
+def merge_adapter(run_dir: str, output_dir: str, overwrite: bool = False) -> Path:
+    """Write the base model with the adapter folded in: a plain checkpoint needing neither peft nor adapt.
+    The folder is built beside `output_dir` and swapped in once complete (see `check_export_target` for what
+    may be replaced).
+
+    Raises:
+        AdaptError: no adapter in `run_dir`, or an `output_dir` that `check_export_target` refuses.
+    """
+    import yaml
+
+    from adapt import outputs
+
+    target = Path(output_dir)
+    if not (Path(run_dir) / "adapter_config.json").exists():
+        raise AdaptError(f"{run_dir} holds no adapter (no adapter_config.json); only LoRA/peft runs can be merged")
+    check_export_target(Path(run_dir), target, overwrite)
+    task, model = load_trained(run_dir)
+    merged = model.merge_and_unload()
+    with outputs.AtomicDir(target) as tmp:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        task.tokenizer.save_pretrained(tmp)
+        recipe = task.recipe.model_dump(mode="json")
+        recipe["peft"] = None
+        (tmp / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        for name in ("README.md",):
+            if (Path(run_dir) / name).exists():
+                (tmp / name).write_text((Path(run_dir) / name).read_text().replace("library_name: peft", "library_name: transformers"))
+    return target

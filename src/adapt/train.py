@@ -26,7 +26,7 @@ from adapt import assets, batching, checkpoint, data, outputs, preflight, rundir
 from adapt.errors import AdaptError
 from adapt.recipe import Recipe, recipe_to_yaml
 from adapt.tasks import get_task
-from adapt.tasks.base import Task, check_finite_weights, set_pad_multiple
+from adapt.tasks.base import Task, check_finite_weights, first_nonfinite, set_pad_multiple
 from adapt.ui import console, summary_table, training_progress
 
 CHECKPOINTS = "checkpoints"
@@ -96,8 +96,8 @@ def make_accelerator(recipe: Recipe | None = None, output_dir: Path | None = Non
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if recipe is None:
         return Accelerator(cpu=multi_cpu)
-    mode = speed.mixed_precision_mode(recipe.train)
-    return Accelerator(mixed_precision="no" if mode == "bf16-master" else mode, cpu=multi_cpu,
+    mode = speed.autocast_mode(speed.mixed_precision_mode(recipe.train))
+    return Accelerator(mixed_precision=mode, cpu=multi_cpu,
                        log_with=recipe.tracking or None, project_dir=str(output_dir))
 
 
@@ -124,15 +124,6 @@ def check_resumable(folder: Path, run: dict[str, Any], say) -> None:
     if changes:
         raise AdaptError(f"--resume: {folder} was trained with other settings ({'; '.join(changes)}); resume with "
                          "the original settings, or start anew with --overwrite or another --output-dir")
-
-
-def nonfinite_weight(weights: speed.TrainableWeights) -> str | None:
-    """The name of the first trainable weight holding NaN or inf, or None (one device sync)."""
-    named = list(weights.named_parameters())
-    finite = torch.stack([torch.isfinite(p.detach()).all() for _, p in named])
-    if bool(finite.all()):
-        return None
-    return named[int((~finite).nonzero()[0])][0]
 
 
 def featurize_splits(task: Task, raw: dict[str, Dataset], tokenizer_id: str, accelerator: Accelerator) -> dict[str, Dataset]:
@@ -172,7 +163,7 @@ def build_training_model(task: Task, model_path: str, recipe: Recipe):
     if recipe.peft:
         from adapt.lora import wrap_with_peft
 
-        model = wrap_with_peft(model, recipe.peft, task.name)
+        model = wrap_with_peft(model, recipe.peft, task)
     if recipe.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
@@ -348,7 +339,7 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         outputs.atomic_write_text(work_dir / "recipe.yaml", recipe_to_yaml(recipe))
     log = outputs.JsonlLog(log_path, enabled=is_main, append=plan.mode == "resume")
     accelerator.wait_for_everyone()
-    speed.runtime.setup_done()
+    speed.setup_done()
     if cfg.compile:
         model = torch.compile(model, dynamic=True)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -387,7 +378,7 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         """Before a log line and before any save: stop with TrainingDiverged if the summed loss since the
         last check, or any trainable weight, is NaN/inf; nothing non-finite is ever saved."""
         nonlocal checked_step
-        bad_weight = nonfinite_weight(weights)
+        bad_weight = first_nonfinite(weights.named_parameters())
         if bad_weight is None and (loss_sum is None or math.isfinite(loss_sum)):
             checked_step = state.step
             return
@@ -447,22 +438,41 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         accelerator.wait_for_everyone()
         return target
 
-    best_validation = None  # (metrics, predictions) of the best evaluation this process ran, if any
+    # (metrics, predictions) of the best evaluation this process ran, if it scored the model as it is saved
+    best_validation = None
+    frozen_restored = False
 
-    def evaluate_and_log() -> tuple[dict, list[dict]]:
-        """Score the validation split and record it at the current step (log file, history, trackers)."""
+    def use_saved_weights() -> None:
+        """Make the model compute what the saved run will: the fp32 master values in an fp32 model, and for a
+        bf16-master adapter run the frozen base reloaded in full precision (adapt predict/eval reloads it from
+        the checkpoint). Training cannot continue afterwards; weights.load(...) may still replace the values."""
+        nonlocal frozen_restored
+        weights.finalize(unwrapped)
+        if precision == "bf16-master" and recipe.peft and not frozen_restored:
+            from adapt.lora import restore_frozen_weights
+
+            restore_frozen_weights(unwrapped, task.build_model(model_path))
+            frozen_restored = True
+
+    def evaluate_and_log(final: bool = False) -> tuple[dict, list[dict]]:
+        """Score the validation split and record it at the current step (log file, history, trackers).
+        `final` (the last step): score the weights as they will be saved, in their precision, without
+        autocast, so that this one evaluation is also the run's final score when it is the best."""
         weights.sync()
-        metrics, predictions = evaluate(task, model, features["validation"], raw["validation"], accelerator, cfg.eval_batch_size)
+        if final:
+            use_saved_weights()
+        metrics, predictions = evaluate(task, model, features["validation"], raw["validation"], accelerator,
+                                        cfg.eval_batch_size, autocast=not final)
         record = {"kind": "eval", "step": state.step, **outputs.scalar_metrics(metrics)}
         log.write(record)
         state.history.append(record)
         accelerator.log({f"eval/{k}": v for k, v in record.items() if k not in ("kind", "step")}, step=state.step)
         return metrics, predictions
 
-    def run_eval() -> bool:
-        """Evaluate, log, keep the best weights; True when early stopping says stop."""
+    def run_eval(final: bool = False) -> bool:
+        """Evaluate (`final`: see evaluate_and_log), log, keep the best weights; True when early stopping says stop."""
         nonlocal best_validation
-        metrics, predictions = evaluate_and_log()
+        metrics, predictions = evaluate_and_log(final)
         value = metrics.get(metric_name)
         if value is None:
             raise AdaptError(f"train.metric_for_best '{metric_name}' is not a metric of task '{task.name}' "
@@ -470,7 +480,8 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         improved = state.best_metric is None or (value > state.best_metric if greater else value < state.best_metric)
         if improved:
             state.best_metric, state.best_step, state.evals_without_improvement = float(value), state.step, 0
-            best_validation = (metrics, predictions)
+            # scored as saved: an fp32 run, or the final evaluation; else the final section scores the best again
+            best_validation = (metrics, predictions) if final or precision == "no" else None
             check_finite()
             if is_main:
                 with outputs.AtomicDir(checkpoint_dir / BEST) as tmp:
@@ -548,7 +559,7 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
 
             last = state.step == total_steps
             if (cfg.eval_steps and state.step % cfg.eval_steps == 0) or last:
-                stopped_early = run_eval()
+                stopped_early = run_eval(final=last)
             if (cfg.save_steps and state.step % cfg.save_steps == 0) or (cfg.save_steps and last):
                 save_checkpoint()
             if interrupted.signal is not None and not last:
@@ -573,18 +584,21 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
     if best_file.exists() and state.best_step != state.step:  # else the model already holds them
         accelerator.wait_for_everyone()
         weights.load(best_file)
+    # score what is saved: the run's metrics and predictions_validation.jsonl are what reloading it gives
+    use_saved_weights()
     final = {"best_step": state.best_step, f"best_{metric_name}": state.best_metric}
-    if best_validation:  # the best weights were scored in this process: the same model, the same numbers
+    if best_validation:  # the best weights were scored as saved in this process: the same model, the same numbers
         validation_metrics, val_predictions = best_validation
-    else:  # best weights from before a resume
+    else:  # scored in bf16/fp16 during training, or best weights from before a resume
         validation_metrics, val_predictions = evaluate(task, model, features["validation"], raw["validation"],
-                                                       accelerator, cfg.eval_batch_size)
+                                                       accelerator, cfg.eval_batch_size, autocast=False)
     final["validation"] = validation_metrics
     initial = [r for r in state.history if r["kind"] == "eval" and r["step"] == 0]
     if initial:  # eval_on_start: the untrained model's scores, the baseline the run should beat
         final["initial_validation"] = {k: v for k, v in initial[0].items() if k not in ("kind", "step")}
-    if "test" in features and precision == "no":
-        final["test"], _ = evaluate(task, model, features["test"], raw["test"], accelerator, cfg.eval_batch_size)
+    if "test" in features:
+        final["test"], _ = evaluate(task, model, features["test"], raw["test"], accelerator, cfg.eval_batch_size,
+                                    autocast=False)
     final.update({
         "train_steps": state.step, "train_samples": state.samples, "train_seconds": round(state.train_seconds, 2),
         "train_samples_per_s": state.samples / max(state.train_seconds, 1e-9),
@@ -594,18 +608,6 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         "mixed_precision": precision, "device": str(device),
     })
     check_finite(reduce_window()[0])
-    weights.finalize(unwrapped)
-    if precision == "bf16-master" and recipe.peft:  # the frozen base was rounded to bf16; an adapter reloads it
-        from adapt.lora import restore_frozen_weights  # from the checkpoint, in full precision
-
-        restore_frozen_weights(unwrapped, task.build_model(model_path))
-    if precision != "no":  # evaluation ran in bf16/fp16 but fp32 weights are saved: score what is saved, so the
-        # run's metrics and predictions_validation.jsonl are what reloading the run (adapt predict/eval) gives
-        final["validation"], val_predictions = evaluate(task, model, features["validation"], raw["validation"],
-                                                        accelerator, cfg.eval_batch_size, autocast=False)
-        if "test" in features:
-            final["test"], _ = evaluate(task, model, features["test"], raw["test"], accelerator, cfg.eval_batch_size,
-                                        autocast=False)
     if is_main:
         write_final_artefacts(task, unwrapped, work_dir, recipe, final, raw, val_predictions, model_path)
         final["wall_seconds"] = round(time.perf_counter() - t_start, 2)

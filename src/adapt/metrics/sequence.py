@@ -49,16 +49,44 @@ def tag_scheme(sentences: list[list[str]]) -> str:
     return scheme
 
 
+def tag_spans(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, start word, end word) of every entity in one tag sequence of any scheme (IOB1, IOB2, IOE, BIOES,
+    BILOU: prefixes B, I, E, S, L, U), read leniently as conlleval does: an I-/E-/L- tag continues an open entity of its type and otherwise
+    starts one; B-, S- and U- always start one; E-, L-, S- and U- close it. This is the one decoder of tags:
+    reading data and `predict`'s entities (adapt.tasks.token_classification) and the scores (`common_scheme`)
+    all use it.
+    """
+    spans: list[list] = []
+    open_entity = False
+    for i, tag in enumerate(tags):
+        prefix, _, kind = tag.partition("-")
+        if tag == "O":
+            open_entity = False
+            continue
+        if open_entity and spans[-1][0] == kind and prefix in ("I", "E", "L"):
+            spans[-1][2] = i + 1
+        else:
+            spans.append([kind, i, i + 1])
+        open_entity = prefix not in ("E", "L", "S", "U")
+    return [(kind, start, end) for kind, start, end in spans]
+
+
+def to_iob2(tags: list[str]) -> list[str]:
+    """The same entities (`tag_spans`) written in IOB2: B- on each entity's first word, I- on the rest."""
+    out = ["O"] * len(tags)
+    for kind, start, end in tag_spans(tags):
+        out[start:end] = [f"B-{kind}"] + [f"I-{kind}"] * (end - start - 1)
+    return out
+
+
 def common_scheme(predictions: list[list[str]], references: list[list[str]]) -> tuple[list, list, str]:
     """(predictions, references, scheme) ready to score together, the same whichever side is which: when exactly
-    one side uses E-/S- tags (IOBES) both are rewritten in IOB2 with the task's one tag decoder
-    (`adapt.tasks.token_classification.to_iob2`, the same entities read leniently) and the scheme is "IOB2";
+    one side uses E-/S- tags (IOBES) both are rewritten in IOB2 with the one tag decoder
+    (`to_iob2`, the same entities read leniently) and the scheme is "IOB2";
     otherwise both are returned unchanged with the references' scheme (`tag_scheme`)."""
     scheme, predicted = tag_scheme(references), tag_scheme(predictions)
     if (scheme == "IOBES") == (predicted == "IOBES"):
         return predictions, references, scheme
-    from adapt.tasks.token_classification import to_iob2  # the one decoder of tags; imported only when needed
-
     return [to_iob2(p) for p in predictions], [to_iob2(r) for r in references], "IOB2"
 
 

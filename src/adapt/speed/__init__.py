@@ -31,7 +31,10 @@ import torch
 from adapt.speed import fused_adamw, padding_free, runtime
 from adapt.speed.precision import TrainableWeights
 
-__all__ = ["Optimization", "TrainableWeights", "build_optimizer", "mixed_precision_mode", "optimization", "prepare_model"]
+__all__ = [
+    "Optimization", "TrainableWeights", "autocast_mode", "build_optimizer", "mixed_precision_mode", "optimization",
+    "prepare_model", "setup_done",
+]
 
 
 def mixed_precision_mode(train) -> str:
@@ -54,12 +57,23 @@ def mixed_precision_mode(train) -> str:
     return "bf16-master" if master else "bf16"
 
 
+def setup_done() -> None:
+    """The run's model is loaded: long-lived objects are frozen out of garbage collection (see runtime)."""
+    runtime.setup_done()
+
+
+def autocast_mode(precision: str) -> str:
+    """What Accelerate's `mixed_precision` (its autocast) gets for a resolved `precision`: bf16 master-weight
+    runs compute in the model's own bf16 weights and need no autocast."""
+    return "no" if precision == "bf16-master" else precision
+
+
 def prepare_model(model: torch.nn.Module, task, train) -> torch.nn.Module:
     """The model with the speed layer's patches for its family installed (padding-free batches where its
     attention goes through transformers' registry and `train.padding_free` is on); unchanged when
     `train.speed_layer` is off. Call before peft wraps the model. Changes no weight and nothing saved."""
     if train.speed_layer and train.padding_free:
-        padding_free.install(model, first_token_only=task.first_token_only)
+        padding_free.install(model)
     return model
 
 

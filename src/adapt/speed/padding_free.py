@@ -1,165 +1,369 @@
-"""A padding-free forward for BERT-family encoders (BERT, MiniLM, ...), installed on a loaded
-transformers model without changing its weights, classes or saved files.
+"""Padding-free training on transformers' own extension points, for every architecture whose attention goes
+through transformers' attention registry (`_supports_attention_backend`).
 
-Dynamic padding still leaves ~12% pad tokens in length-grouped SST-2 batches, and transformers runs every
-linear layer, norm, activation and dropout on them. Here those run on the real tokens only (packed into
-one [tokens, hidden] matrix). On CPU with the native kernels built (`adapt.native`), attention runs on the
-packed rows too, given each sequence's first row; elsewhere it runs on the padded [batch, heads, length,
-length] layout with a key mask (SDPA on GPU). For sequence classification, which reads nothing but the
-first token's final state, the last layer computes queries, attention output and feed-forward for that
-token alone. On CPUs dropout draws 64 random bits per four elements instead of one Bernoulli draw per
-element (the latter was ~10% of a MiniLM training step), and bf16 dropout runs as one C kernel
-(`adapt.native`) that draws, masks and scales in a single pass.
+Dynamic padding still leaves pad tokens in length-grouped batches (~12% on SST-2, far more in prompt/completion
+batches), and transformers runs every linear layer, norm, activation and dropout on them. `install(model)`:
 
-The numbers are those of the transformers forward (tests compare logits and gradients); anything this
-path does not cover (decoder use, caches, requested attentions or hidden states, gradient checkpointing,
-left padding with first-token-only) goes to the original forward."""
+- registers `varlen_attention` (and its mask function) as the attention implementation "adapt_varlen" in
+  `transformers.AttentionInterface` / `masking_utils.AttentionMaskInterface` and switches the model to it
+  (`config._attn_implementation` is never serialized: saved configs stay plain transformers configs);
+- hooks the base model (`model.base_model`, the module peft's wrappers still call): a forward pre-hook turns a
+  right-padded batch into transformers' packed format (`DataCollatorWithFlattening` semantics: input_ids
+  [1, T] of real tokens, position_ids restarting per sequence, cu_seq_lens_q/k and max_length_q/k, no
+  attention_mask), and a forward hook gives every packed output back the padded [batch, length, ...] layout
+  (zeros at pads): after the head for per-token heads (LM logits, token classification, QA spans, which then
+  run on real tokens only), before it for pooling heads (the pooler is recomputed on it), so every task loss
+  reads what the padded forward gives;
+- on CPU, replaces the model's `nn.Dropout` modules' sampling by `cpu_kernels.dropout` (same rate within 8e-6,
+  one 64-bit draw per four elements instead of a Bernoulli draw each; ~10% of a MiniLM step).
+
+Batches this cannot compute exactly (left padding, a cache / generation, inputs_embeds, output_attentions) are
+left alone: the attention function then runs transformers' `sdpa_attention_forward` with the sdpa mask, so
+evaluation and generation give what sdpa gives.
+"""
 
 from __future__ import annotations
 
+import inspect
 import types
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from transformers.modeling_outputs import BaseModelOutputWithPoolingAndCrossAttentions
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from adapt.speed import native
 from adapt.speed.cpu_kernels import NativeAttention, dropout
 
-SUPPORTED_MODEL_TYPES = ("bert",)
+ATTENTION = "adapt_varlen"
+
+# model_type -> why its attention cannot run packed, for families whose classes claim the attention backend
+# (none today); families without `_supports_attention_backend` (deberta-v2, ...) are refused by that flag
+UNSUPPORTED_FAMILIES: dict[str, str] = {}
 
 
-def install(model: torch.nn.Module, first_token_only: bool = False) -> bool:
-    """Route `model`'s encoder through the padding-free forward; False (and nothing changed) when the
-    architecture is not one this module implements. `first_token_only`: the task reads only the first
-    token's final hidden state (and the pooler on it), as sequence classification heads do."""
-    config = getattr(model, "config", None)
-    if getattr(config, "model_type", None) not in SUPPORTED_MODEL_TYPES or config.is_decoder:
+def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
+                     **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention in transformers' attention-function signature, registered as "adapt_varlen".
+
+    Args:
+        query: [batch, heads, q_len, head_dim]; key, value: [batch, kv_heads, kv_len, head_dim] (kv_heads divides
+            heads: grouped-query attention).
+        attention_mask: the mask `varlen_mask` built (None for packed input), used on the padded path only.
+        scaling: the scores' factor (default head_dim ** -0.5); dropout: attention-probability dropout rate.
+        kwargs: with `cu_seq_lens_q` / `cu_seq_lens_k` (int32 [n_seqs + 1], cumulative lengths of the packed
+            sequences in the q_len / kv_len axis of batch row 0) and `max_length_q` / `max_length_k`: attention
+            within each sequence only — causal iff `kwargs["is_causal"]` (default `module.is_causal`), within
+            `sliding_window` tokens (|q - k| < sliding_window, flash-attention's window semantics) if given.
+            Without them: transformers' `sdpa_attention_forward` (padded batches, masks as under sdpa).
+
+    Returns:
+        (attn_output [batch, q_len, heads, head_dim], None): no attention weights.
+
+    Raises:
+        ValueError: for a feature this function cannot compute (`softcap`, packed input with batch > 1).
+    """
+    if kwargs.get("softcap") is not None:
+        raise ValueError("adapt_varlen attention does not implement logit softcapping")
+    cu_q = kwargs.get("cu_seq_lens_q")
+    if cu_q is None:
+        passed = {k: v for k, v in kwargs.items() if k not in ("sliding_window", "position_ids")}  # in the mask
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **passed)
+    if query.shape[0] != 1:
+        raise ValueError(f"packed input has one row, got query of shape {tuple(query.shape)}")
+    cu_k = kwargs.get("cu_seq_lens_k", cu_q)
+    is_causal = kwargs.get("is_causal")
+    is_causal = getattr(module, "is_causal", False) if is_causal is None else is_causal
+    scaling = query.shape[-1] ** -0.5 if scaling is None else scaling
+    window = kwargs.get("sliding_window")
+    heads, kv_heads = query.shape[1], key.shape[1]
+    if kv_heads != heads:
+        key, value = repeat_kv(key, heads // kv_heads), repeat_kv(value, heads // kv_heads)
+    # [1, heads, tokens, d] -> packed [tokens, heads, d]
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
+    if (q.device.type == "cpu" and not is_causal and window is None and native.library() is not None
+            and q.dtype == k.dtype == v.dtype and q.dtype in (torch.bfloat16, torch.float32)):
+        tokens = q.shape[0]
+        out = NativeAttention.apply(q.reshape(tokens, -1), k.reshape(k.shape[0], -1), v.reshape(v.shape[0], -1),
+                                    cu_q.to(torch.int64), cu_k.to(torch.int64), heads, scaling, dropout)
+        return out.view(1, tokens, heads, -1), None
+    max_q = int(kwargs.get("max_length_q") or cu_q.diff().max())
+    max_k = int(kwargs.get("max_length_k") or cu_k.diff().max())
+    out = _gpu_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scaling, dropout, is_causal, window)
+    if out is None:
+        out = _padded_sdpa(q, k, v, cu_q, cu_k, max_q, max_k, scaling, dropout, is_causal, window)
+    return out.unsqueeze(0), None
+
+
+def _gpu_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scaling, p, is_causal, window):
+    """[tokens, heads, d] by a GPU varlen kernel: PyTorch's `varlen_attn` (no dropout) or flash-attn's
+    `flash_attn_varlen_func`; None when neither applies."""
+    if q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    left = -1 if window is None else window - 1
+    cu_q, cu_k = cu_q.to(torch.int32), cu_k.to(torch.int32)
+    if p == 0.0:
+        try:
+            from torch.nn.attention.varlen import varlen_attn
+        except ImportError:
+            varlen_attn = None
+        if varlen_attn is not None:
+            return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scaling,
+                               window_size=(left, 0 if is_causal else left))
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    return flash_attn_varlen_func(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=p, softmax_scale=scaling,
+                                  causal=is_causal, window_size=(left, 0 if is_causal else left))
+
+
+def _padded_sdpa(q, k, v, cu_q, cu_k, max_q, max_k, scaling, p, is_causal, window):
+    """[tokens, heads, d] exactly, on any device: the packed rows scattered into [n_seqs, heads, max_len, d],
+    `F.scaled_dot_product_attention` with a mask of each sequence's real keys (and the causal / window
+    pattern, aligned at each sequence's start), the real rows gathered back. On CPU with dropout the
+    probabilities are computed here and dropped by `cpu_kernels.dropout`."""
+    n = cu_q.numel() - 1
+    device = q.device
+
+    def rows(cu, width):  # index of each packed token in the flattened [n_seqs * width] layout, and the key mask
+        lengths = cu.diff().to(torch.int64)
+        real = torch.arange(width, device=device) < lengths[:, None]  # [n, width]
+        return real.reshape(-1).nonzero().squeeze(1), real
+
+    q_index, q_real = rows(cu_q, max_q)
+    k_index, k_real = rows(cu_k, max_k)
+
+    def scatter(x, index, width):
+        padded = x.new_zeros(n * width, *x.shape[1:]).index_copy(0, index, x)
+        return padded.view(n, width, *x.shape[1:]).transpose(1, 2)  # [n, heads, width, d]
+
+    qs, ks, vs = scatter(q, q_index, max_q), scatter(k, k_index, max_k), scatter(v, k_index, max_k)
+    mask = k_real[:, None, None, :]  # [n, 1, 1, max_k]
+    if is_causal or window is not None:
+        qi, ki = torch.arange(max_q, device=device)[:, None], torch.arange(max_k, device=device)[None, :]
+        pattern = torch.ones(max_q, max_k, dtype=torch.bool, device=device)
+        if is_causal:
+            pattern &= ki <= qi
+        if window is not None:
+            pattern &= (qi - ki).abs() < window
+        mask = mask & pattern
+    mask = mask & q_real[:, None, :, None]  # pad query rows attend to nothing: zero output, never read
+    if p and device.type == "cpu":
+        scores = (qs @ ks.transpose(-1, -2)) * scaling
+        probs = scores.masked_fill(~mask, float("-inf")).softmax(-1).nan_to_num(0.0)
+        out = dropout(probs, p, True) @ vs
+    else:
+        # rows with no key at all (pad queries) would give NaN: let them see key 0, their output is dropped
+        mask = mask | (~q_real[:, None, :, None] & (torch.arange(max_k, device=device) == 0))
+        out = F.scaled_dot_product_attention(qs, ks, vs, attn_mask=mask, dropout_p=p, scale=scaling)
+    return out.transpose(1, 2).reshape(n * max_q, *q.shape[1:]).index_select(0, q_index)
+
+
+def varlen_mask(*args, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor | None:
+    """The mask function registered with `varlen_attention`: None when there is no 2-D attention_mask
+    (packed input, whose sequences `cu_seq_lens` delimit, or a batch without padding), else transformers'
+    `sdpa_mask` (padded evaluation, generation with a cache), so those batches run exactly as under sdpa."""
+    if attention_mask is None:
+        return None
+    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+
+
+AttentionInterface.register(ATTENTION, varlen_attention)
+AttentionMaskInterface.register(ATTENTION, varlen_mask)
+
+
+def unsupported(model: torch.nn.Module) -> str | None:
+    """Why padding-free training cannot run on `model` (a transformers model), or None when it can."""
+    if not isinstance(model, PreTrainedModel):
+        return f"{type(model).__name__} is not a transformers PreTrainedModel"
+    config = model.config
+    model_type = getattr(config, "model_type", None)
+    if model_type in UNSUPPORTED_FAMILIES:
+        return UNSUPPORTED_FAMILIES[model_type]
+    if getattr(config, "is_encoder_decoder", False):
+        return f"{model_type}: encoder-decoder models are not flattened"
+    base = model.base_model
+    if not (type(model)._supports_attention_backend and type(base)._supports_attention_backend):
+        return f"{model_type}: its attention does not go through transformers' attention registry"
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return f"{model_type}: attention logit softcapping is not implemented by adapt_varlen"
+    if "position_ids" not in inspect.signature(base.forward).parameters:
+        return f"{model_type}: {type(base).__name__}.forward takes no position_ids"
+    return None
+
+
+def install(model: torch.nn.Module) -> bool:
+    """Make `model` train padding-free: attention through "adapt_varlen", right-padded batches flattened into
+    one packed row by a pre-hook on `model.base_model` and given back their padded layout by a forward hook,
+    and on CPU the fast dropout. Returns False (nothing changed) when `unsupported(model)` names a reason;
+    True when installed (or already installed). Changes no weight, class or saved file.
+
+    Call before peft wraps the model: the hooks sit on the base model, which peft's wrappers call."""
+    if unsupported(model) is not None:
         return False
-    encoder = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if encoder is None or not hasattr(encoder, "embeddings") or hasattr(encoder, "_padded_forward"):
+    base = model.base_model
+    if getattr(base, "_adapt_padding_free", None) is not None:
+        return True
+    model.set_attn_implementation(ATTENTION)
+    if model.config._attn_implementation != ATTENTION or base.config._attn_implementation != ATTENTION:
         return False
-    encoder._padded_forward = encoder.forward
-    encoder._first_token_only = first_token_only
-    encoder.forward = types.MethodType(padding_free_forward, encoder)
+    base._adapt_padding_free = PaddingFree(base, model if per_token_head(model) else base)
+    for module in model.modules():
+        if type(module) is torch.nn.Dropout:
+            module.forward = types.MethodType(_fast_dropout_forward, module)
     return True
 
 
-def install_for_task(model: torch.nn.Module, task) -> bool:
-    """`install` as the task's recipe asks (`train.padding_free`), reading only what the task's head reads."""
-    return task.recipe.train.padding_free and install(model, first_token_only=task.first_token_only)
+PER_TOKEN_HEADS = ("ForCausalLM", "ForMaskedLM", "ForTokenClassification", "ForQuestionAnswering")
 
 
+def per_token_head(model: torch.nn.Module) -> bool:
+    """Whether `model`'s head maps each token's hidden state to that token's outputs alone (LM, token
+    classification, extractive QA heads): the head then runs on the packed tokens and only its outputs are put
+    back into the padded layout, so an LM head computes no logits for pads. Other heads (sequence
+    classification pooling, multiple choice) read the padded hidden states."""
+    return type(model).__name__.endswith(PER_TOKEN_HEADS)
+
+
+def _fast_dropout_forward(self: torch.nn.Dropout, x: torch.Tensor) -> torch.Tensor:
+    """nn.Dropout.forward with `cpu_kernels.dropout`'s sampling on CPU (F.dropout elsewhere)."""
+    if self.inplace:
+        return F.dropout(x, self.p, self.training, True)
+    return dropout(x, self.p, self.training)
+
+
+@dataclass
 class Packing:
-    """Where a [batch, length] batch's real tokens sit once packed into [tokens, hidden] rows, and the
-    attention over them: on CPU (bf16 or fp32) the native kernel on the packed rows, otherwise matmuls or
-    SDPA on the padded [batch, heads, length, head] layout with an additive key mask. On a 2-core CPU the
-    kernel's forward and backward with dropout took 0.65x the padded path's time at 16 tokens per sequence
-    and 0.24x at 512; the forward alone 0.36-0.94x (benchmarks/bench_attention.py)."""
+    """Where a [batch, length] batch's real tokens sit in the packed row: `token_index` [T] (positions in the
+    flattened batch), `cu_seq_lens` int32 [n_seqs + 1] (sequence boundaries in the packed row)."""
 
-    def __init__(self, attention_mask: torch.Tensor):
-        self.batch, self.length = attention_mask.shape
-        self.real = attention_mask.bool()
-        self.token_index = self.real.reshape(-1).nonzero().squeeze(1)  # positions of the real tokens, flattened
-        self.starts = F.pad(self.real.sum(1).cumsum(0), (1, 0))  # row b's tokens are packed rows starts[b]:starts[b+1]
-        self._key_bias: dict[torch.dtype, torch.Tensor] = {}
+    batch: int
+    length: int
+    token_index: torch.Tensor
+    cu_seq_lens: torch.Tensor
 
-    def key_bias(self, dtype: torch.dtype) -> torch.Tensor:
-        """The padded layout's additive key mask, shaped for [batch, heads, queries, keys] scores; built once
-        per forward and dtype, shared by the layers."""
-        if dtype not in self._key_bias:
-            bias = torch.zeros(self.batch, 1, 1, self.length, dtype=dtype, device=self.real.device)
-            self._key_bias[dtype] = bias.masked_fill_(~self.real.view(self.batch, 1, 1, self.length),
-                                                      torch.finfo(dtype).min)
-        return self._key_bias[dtype]
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """A packed [1, T, ...] tensor in the padded layout [batch, length, ...], zeros at pads."""
+        rows = x.new_zeros(self.batch * self.length, *x.shape[2:]).index_copy(0, self.token_index, x[0])
+        return rows.view(self.batch, self.length, *x.shape[2:])
 
-    def attend(self, attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-               first_tokens_only: bool, p: float) -> torch.Tensor:
-        """Packed context rows for packed queries (all tokens, or each row's first token), keys and values."""
-        heads, head_size = attention.num_attention_heads, attention.attention_head_size
-        if (queries.device.type == "cpu" and queries.dtype == keys.dtype == values.dtype
-                and queries.dtype in (torch.bfloat16, torch.float32) and native.library() is not None):
-            q_starts = torch.arange(self.batch + 1) if first_tokens_only else self.starts
-            return NativeAttention.apply(queries, keys, values, q_starts, self.starts, heads, attention.scaling, p)
-        batch, length = self.batch, self.length
 
-        def to_heads(x: torch.Tensor) -> torch.Tensor:  # packed [tokens, hidden] -> [batch, heads, length, head]
-            padded = x.new_zeros(batch * length, x.shape[-1]).index_copy(0, self.token_index, x)
-            return padded.view(batch, length, heads, head_size).transpose(1, 2)
+class PaddingFree:
+    """The hooks on a base model (see module docstring); kept on it as `_adapt_padding_free`."""
 
-        keys, values = to_heads(keys), to_heads(values)
-        if first_tokens_only:
-            queries = queries.view(batch, 1, heads, head_size).transpose(1, 2)
+    def __init__(self, base: PreTrainedModel, padded_outputs: torch.nn.Module):
+        """Flatten the inputs of `base`; give the outputs of `padded_outputs` (`base`, or the model around it
+        when its head works per token) back their padded layout."""
+        self.base = base
+        self.packings: list[Packing | None] = []  # one per running forward (nested calls stack)
+        config = base.config
+        self.token_types = getattr(config, "type_vocab_size", 0) > 0
+        embeddings = getattr(base, "embeddings", None)
+        # RoBERTa-style embeddings count positions from padding_idx + 1 and derive them from input_ids
+        self.positions_from_ids = getattr(embeddings, "create_position_ids_from_input_ids", None)
+        self.padding_idx = getattr(embeddings, "padding_idx", None)
+        parameters = inspect.signature(base.forward).parameters
+        self.takes_token_types, self.takes_use_cache = "token_type_ids" in parameters, "use_cache" in parameters
+        base.register_forward_pre_hook(self.flatten, with_kwargs=True)
+        padded_outputs.register_forward_hook(self.unflatten, with_kwargs=True, always_call=True)
+
+    def packing(self, args: tuple, kwargs: dict) -> Packing | None:
+        """The Packing of this call's batch, or None to leave it alone."""
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        if (len(args) > 1 or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2
+                or kwargs.get("inputs_embeds") is not None or kwargs.get("output_attentions")
+                or kwargs.get("past_key_values") is not None or kwargs.get("cache") is not None
+                or kwargs.get("cu_seq_lens_q") is not None or kwargs.get("encoder_hidden_states") is not None):
+            return None
+        mask = kwargs.get("attention_mask")
+        if mask is not None and (mask.dim() != 2 or mask.shape != input_ids.shape):
+            return None
+        batch, length = input_ids.shape
+        device = input_ids.device
+        if mask is None:
+            real = torch.ones(batch, length, dtype=torch.bool, device=device)
         else:
-            queries = to_heads(queries)
-        key_bias = self.key_bias(queries.dtype)
-        if p and queries.device.type == "cpu":
-            scores = torch.matmul(queries, keys.transpose(2, 3)) * attention.scaling + key_bias
-            probs = dropout(scores.softmax(-1), p, True)
-            context = torch.matmul(probs, values)
-        else:
-            context = F.scaled_dot_product_attention(queries, keys, values, attn_mask=key_bias, dropout_p=p,
-                                                     scale=attention.scaling)
-        context = context.transpose(1, 2).reshape(-1, heads * head_size)
-        return context if first_tokens_only else context.index_select(0, self.token_index)
+            real = mask.bool()
+            lengths = real.sum(1)
+            if not torch.equal(real, torch.arange(length, device=device) < lengths[:, None]):
+                return None  # left (or inner) padding
+        starts = torch.zeros_like(real)
+        starts[:, 0] = True
+        position_ids = kwargs.get("position_ids")
+        if position_ids is not None:  # already packed rows: a sequence starts wherever positions do not step by 1
+            position_ids = position_ids.expand(batch, length)
+            starts[:, 1:] |= position_ids[:, 1:] != position_ids[:, :-1] + 1
+        elif mask is None:
+            return None  # neither padding nor several documents: nothing to gain
+        token_index = real.reshape(-1).nonzero().squeeze(1)
+        boundaries = starts.reshape(-1)[token_index].nonzero().squeeze(1)
+        cu = torch.cat([boundaries, boundaries.new_tensor([token_index.numel()])]).to(torch.int32)
+        return Packing(batch, length, token_index, cu)
 
+    def flatten(self, module, args: tuple, kwargs: dict):
+        """Forward pre-hook: the batch's keyword arguments in the packed format (input_ids, position_ids and
+        token_type_ids [1, T], cu_seq_lens_q/k int32 [n_seqs + 1], max_length_q/k, no attention_mask,
+        use_cache=False), or None (unchanged) when `packing` declines the batch. Positions are those the padded
+        forward would use: RoBERTa-style embeddings' `create_position_ids_from_input_ids` (padding_idx + 1
+        onwards), else 0, 1, ... per sequence, else the caller's position_ids."""
+        packing = self.packing(args, kwargs)
+        self.packings.append(packing)
+        if packing is None:
+            return None
+        input_ids = kwargs.pop("input_ids", None)
+        input_ids = args[0] if input_ids is None else input_ids
+        mask = kwargs.pop("attention_mask", None)
+        index = packing.token_index
 
-def padding_free_forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                         inputs_embeds=None, **kwargs):
-    """Replacement for BertModel.forward (bound to the model's encoder by `install`)."""
-    unsupported = (inputs_embeds is not None or input_ids is None or self.gradient_checkpointing
-                   or any(v is not None and v is not False for k, v in kwargs.items() if k != "return_dict"))
-    if attention_mask is None and input_ids is not None:
-        attention_mask = torch.ones_like(input_ids)
-    first_token_only = self._first_token_only
-    if not unsupported and first_token_only and not bool(attention_mask[:, 0].all()):
-        unsupported = True  # left padding: position 0 is a pad, which this path does not compute
-    if unsupported:
-        return self._padded_forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                                    position_ids=position_ids, inputs_embeds=inputs_embeds, **kwargs)
+        def pack(x: torch.Tensor) -> torch.Tensor:
+            return x.expand(packing.batch, packing.length).reshape(-1)[index].unsqueeze(0)
 
-    batch, length = input_ids.shape
-    emb = self.embeddings
-    packing = Packing(attention_mask)
-    token_index = packing.token_index
-    if position_ids is None:
-        position_ids = torch.arange(length, device=input_ids.device)
-    positions = position_ids.expand(batch, length).reshape(-1)[token_index]
+        position_ids = kwargs.get("position_ids")
+        if position_ids is None:
+            if self.positions_from_ids is not None and self.padding_idx is not None:
+                position_ids = self.positions_from_ids(input_ids, self.padding_idx)
+            else:
+                position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
+        kwargs["position_ids"] = pack(position_ids)
+        token_type_ids = kwargs.get("token_type_ids")
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = pack(token_type_ids)
+        elif self.token_types and self.takes_token_types:
+            kwargs["token_type_ids"] = torch.zeros(1, index.numel(), dtype=torch.long, device=index.device)
+        kwargs["input_ids"] = pack(input_ids)
+        max_length = int(packing.cu_seq_lens.diff().max())
+        kwargs.update(cu_seq_lens_q=packing.cu_seq_lens, cu_seq_lens_k=packing.cu_seq_lens,
+                      max_length_q=max_length, max_length_k=max_length)
+        if self.takes_use_cache:
+            kwargs["use_cache"] = False
+        return (), kwargs
 
-    hidden = emb.word_embeddings(input_ids.reshape(-1)[token_index])
-    if token_type_ids is None:
-        hidden = hidden + emb.token_type_embeddings.weight[0].to(hidden.dtype)
-    else:
-        hidden = hidden + emb.token_type_embeddings(token_type_ids.reshape(-1)[token_index])
-    hidden = hidden + emb.position_embeddings(positions)
-    hidden = dropout(emb.LayerNorm(hidden), emb.dropout.p, self.training)
+    def unflatten(self, module, args: tuple, kwargs: dict, output):
+        """Forward hook: every packed [1, T, ...] output (last_hidden_state, hidden_states, logits, start/end
+        logits) in the padded [batch, length, ...] layout, and a base model's pooler (if any) recomputed on the
+        padded last_hidden_state."""
+        packing = self.packings.pop() if self.packings else None
+        if packing is None or output is None:
+            return None
+        tokens = packing.token_index.numel()
 
-    *layers, last = self.encoder.layer
-    for layer in layers:
-        hidden = layer_forward(layer, hidden, packing, False, self.training)
-    hidden = layer_forward(last, hidden, packing, first_token_only, self.training)
+        def pad(x):
+            if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[:2] == (1, tokens):
+                return packing.pad(x)
+            if isinstance(x, tuple):
+                return tuple(pad(y) for y in x)
+            return x
 
-    if first_token_only:
-        sequence_output = hidden.unsqueeze(1)  # [batch, 1, hidden]: the first token's final state
-    else:
-        sequence_output = hidden.new_zeros(batch * length, hidden.shape[-1]).index_copy(0, token_index, hidden)
-        sequence_output = sequence_output.view(batch, length, -1)
-    pooled = self.pooler(sequence_output) if self.pooler is not None else None
-    return BaseModelOutputWithPoolingAndCrossAttentions(last_hidden_state=sequence_output, pooler_output=pooled)
-
-
-def layer_forward(layer, hidden: torch.Tensor, packing: Packing, first_tokens_only: bool,
-                  training: bool) -> torch.Tensor:
-    """One BertLayer on packed [tokens, hidden] states. `first_tokens_only`: compute the output for each
-    row's first token only (keys and values still come from every token)."""
-    attention = layer.attention.self
-    # row b's first token follows the real tokens of rows 0..b-1 in the packed order
-    residual = hidden[packing.starts[:-1]] if first_tokens_only else hidden
-    p = attention.dropout.p if training else 0.0
-    context = packing.attend(attention, attention.query(residual), attention.key(hidden), attention.value(hidden),
-                             first_tokens_only, p)
-    out = layer.attention.output
-    hidden = out.LayerNorm(dropout(out.dense(context), out.dropout.p, training) + residual)
-    intermediate = layer.intermediate.intermediate_act_fn(layer.intermediate.dense(hidden))
-    out = layer.output
-    return out.LayerNorm(dropout(out.dense(intermediate), out.dropout.p, training) + hidden)
+        if not hasattr(output, "keys"):  # return_dict=False
+            return pad(output)
+        for key in list(output.keys()):
+            output[key] = pad(output[key])
+        pooler = getattr(module, "pooler", None)
+        if pooler is not None and output.get("pooler_output") is not None:
+            output["pooler_output"] = pooler(output["last_hidden_state"])
+        return output

@@ -36,9 +36,6 @@ class Task:
     auto_class: ClassVar[str]  # the transformers Auto class that loads this task's models
     # raw column used to split train/validation by group (e.g. SQuAD articles); None = by example
     group_column: ClassVar[str | None] = None
-    # the model head reads only the first token's final state (sequence classification): encoders with a
-    # padding-free forward then compute nothing else in their last layer
-    first_token_only: ClassVar[bool] = False
     # evaluation generates text token by token, where wide batches pay more than a capped forward saves
     generates: ClassVar[bool] = False
     # peft's task type for adapters of this task (decides which heads stay trainable and how an adapter reloads)
@@ -232,6 +229,15 @@ def model_load_error(path: str, err: Exception) -> AdaptError:
                       "or embedded:NAME")
 
 
+def first_nonfinite(named_tensors) -> str | None:
+    """The name of the first of (name, tensor) pairs holding NaN or inf, or None (one device sync)."""
+    named = list(named_tensors)
+    if not named:
+        return None
+    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in named])
+    return None if bool(finite.all()) else named[int((~finite).nonzero()[0])][0]
+
+
 def check_finite_weights(model, source: str) -> None:
     """Refuse a loaded model whose parameters hold NaN or inf (a damaged checkpoint; buffers are not read, some
     hold -inf masks by design), right after loading, before any training, prediction or output-directory write.
@@ -241,13 +247,9 @@ def check_finite_weights(model, source: str) -> None:
     Raises:
         AdaptError: "<source>: the checkpoint holds NaN/inf in weight <name>; ..."
     """
-    tensors = list(model.named_parameters())
-    if not tensors:
+    name = first_nonfinite(model.named_parameters())
+    if name is None:
         return
-    finite = torch.stack([torch.isfinite(t.detach()).all() for _, t in tensors])
-    if bool(finite.all()):
-        return
-    name = tensors[int((~finite).nonzero()[0])][0]
     name = name.removeprefix("base_model.model.").replace(".base_layer.", ".").replace(".default.", ".")
     raise AdaptError(f"{source}: the checkpoint holds NaN/inf in weight {name}; it is damaged: use an intact copy "
                      "of the model (download or save it again)")

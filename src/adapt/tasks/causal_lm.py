@@ -1,12 +1,15 @@
-"""Causal language modelling: plain text packed into fixed-length blocks, or prompt/completion pairs with the
-loss on the completion only; scored by token-weighted perplexity, and used for text generation."""
+"""Causal language modelling: plain text packed into fixed-length, document-masked blocks (each document
+attends only to itself), or prompt/completion pairs with the loss on the completion only; scored by
+token-weighted perplexity, and used for text generation."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
@@ -29,6 +32,13 @@ class CausalLMOptions(TaskOptions):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1)
+
+
+def forward(model, batch: dict[str, torch.Tensor]):
+    """The model's output on a batch's model inputs, without a KV cache: training and scoring never reuse one,
+    and transformers reads packed documents from `position_ids` (block-diagonal causal mask) only when no
+    cache is passed (`masking_utils._preprocess_mask_arguments`), while `config.use_cache` defaults to true."""
+    return model(**model_inputs(batch), use_cache=False)
 
 
 def is_plain_text_file(ref: str) -> bool:
@@ -54,16 +64,51 @@ def split_passages(text: str, min_chars: int) -> list[str]:
 
 
 def pack_blocks(token_lists: list[list[int]], ends_document: list[bool], eos_id: int,
-                block_size: int) -> tuple[list[list[int]], list[int]]:
+                block_size: int) -> dict[str, list[list[int]] | list[int]]:
     """Concatenate the token lists (EOS after each one that ends a document) and cut the stream into blocks of
-    `block_size`, dropping the ragged tail. Returns the blocks and, per block, the row its first token came from."""
-    stream, owner = [], []
-    for row, (ids, ends) in enumerate(zip(token_lists, ends_document)):
-        piece = list(ids) + ([eos_id] if ends else [])
-        stream += piece
-        owner += [row] * len(piece)
-    starts = range(0, len(stream) - block_size + 1, block_size)
-    return [stream[s:s + block_size] for s in starts], [owner[s] for s in starts]
+    `block_size`, dropping the ragged tail. Consecutive lists join into one document until one ends it
+    (the passages of a plain-text file; every row of a table is a document of its own).
+
+    Blocks are document-masked, as transformers' `DataCollatorWithFlattening` packs sequences into one row:
+    `position_ids` restart at 0 at every document start inside a block, so that, fed without an
+    `attention_mask`, transformers builds a block-diagonal causal mask from the restarts
+    (`masking_utils.find_packed_sequence_indices`) and adapt's padding-free path derives `cu_seq_lens` from
+    them; no token attends to another document. The piece at a block's start that continues a document from
+    the previous block also gets positions 0, 1, ...: attention cannot reach the previous block, so to the
+    model that piece is a document that starts there; with rotary positions (Llama, Qwen2, ...) only
+    relative positions count, so any offset would give the same result, and with absolute position embeddings
+    (GPT-2) positions stay below `block_size` (<= the model's maximum) rather than growing with the document.
+
+    Labels are the input ids except the first token of each document that starts inside a block (not at
+    index 0), which is -100: it would be predicted from the previous document's last token (its EOS), as
+    `DataCollatorWithFlattening` masks the first label of each packed sequence. The EOS that ends a document
+    stays a target (predicted from that document's own tokens). A block's first token is never a target
+    anyway (the loss shifts labels by one).
+
+    Returns columns for `Dataset.from_dict`, one row per block: `input_ids`, `position_ids`, `labels`
+    ([blocks][block_size] each) and `example`, the row of `token_lists` the block's first token came from.
+    Example: documents [1 2 3] [4 5] (ending), block_size 4, eos 0 -> stream 1 2 3 0 4 5 0 -> one block
+    input_ids [1 2 3 0], position_ids [0 1 2 3], labels [1 2 3 0]; the tail "4 5 0" is dropped.
+    """
+    pieces = [list(ids) + ([eos_id] if ends else []) for ids, ends in zip(token_lists, ends_document)]
+    lengths = np.array([len(piece) for piece in pieces], dtype=np.int64)
+    stream = np.fromiter(itertools.chain.from_iterable(pieces), dtype=np.int64, count=int(lengths.sum()))
+    owner = np.repeat(np.arange(len(pieces)), lengths)
+    # a document starts at the stream's start and right after every EOS that ends one
+    document_start = np.zeros(len(stream) + 1, dtype=bool)
+    document_start[0] = True
+    document_start[np.cumsum(lengths)[np.asarray(ends_document, dtype=bool)]] = True
+    blocks = len(stream) // block_size
+    used = blocks * block_size
+    input_ids = stream[:used].reshape(blocks, block_size)
+    starts = document_start[:used].reshape(blocks, block_size)
+    index = np.broadcast_to(np.arange(block_size), (blocks, block_size))
+    restarts = starts.copy()
+    restarts[:, 0] = True  # a continued piece restarts too (see above)
+    position_ids = index - np.maximum.accumulate(np.where(restarts, index, 0), axis=1)
+    labels = np.where(starts & (index > 0), -100, input_ids)
+    return {"input_ids": input_ids.tolist(), "position_ids": position_ids.tolist(), "labels": labels.tolist(),
+            "example": owner[:used:block_size].tolist()}
 
 
 class CausalLM(Task):
@@ -185,24 +230,30 @@ class CausalLM(Task):
         return self.featurize_pairs(raw)
 
     def featurize_text(self, raw: Dataset, role: str) -> Dataset:
-        """Blocks of `block_size` tokens packed from the text; the ragged tail of the token stream that fills
-        no whole block is not used, and its size is kept on the last block (`tokens_dropped`, reported by
-        `score` and in a note on stderr)."""
+        """Document-masked blocks of `block_size` tokens packed from the text (`pack_blocks`: `position_ids`
+        restart per document, the first token of a document inside a block is no target, and no
+        `attention_mask`, so that transformers masks attention per document from the position ids). The ragged
+        tail of the token stream that fills no whole block is not used, and its size is kept on the last block
+        (`tokens_dropped`, reported by `score` and in a note on stderr)."""
         block_size = self.options.block_size
         ends = list(raw["ends_document"])
         token_lists = self.tokenizer(list(raw["text"]), add_special_tokens=False)["input_ids"]
-        blocks, owners = pack_blocks(token_lists, ends, self.tokenizer.eos_token_id, block_size)
+        columns = pack_blocks(token_lists, ends, self.tokenizer.eos_token_id, block_size)
+        blocks = len(columns["input_ids"])
         total = sum(len(ids) for ids in token_lists) + sum(ends)
         if not blocks:
             raise AdaptError(f"the {role} split has {total} tokens, less than one block of task_options.block_size="
                              f"{block_size}; give more text or lower task_options.block_size")
-        dropped = total - len(blocks) * block_size
+        dropped = total - blocks * block_size
         if dropped:
             print(f"note: the {role} split's last {dropped} of {total:,} tokens fill no whole block of "
                   f"task_options.block_size={block_size} and are not used", file=sys.stderr)
-        return Dataset.from_dict({"input_ids": blocks, "attention_mask": [[1] * block_size for _ in blocks],
-                                  "labels": blocks, "length": [block_size] * len(blocks), "example": owners,
-                                  "tokens_dropped": [0] * (len(blocks) - 1) + [dropped]})
+        return Dataset.from_dict({**columns, "length": [block_size] * blocks,
+                                  "tokens_dropped": [0] * (blocks - 1) + [dropped]})
+
+    def featurize_key(self) -> list[str]:
+        # the features' layout: blocks of earlier adapt versions (attending across documents) are not reused
+        return [*super().featurize_key(), "blocks=document-masked"]
 
     def render_prompt(self, prompt: str) -> str:
         if not self.options.chat_template:
@@ -215,7 +266,12 @@ class CausalLM(Task):
 
     def featurize_pairs(self, raw: Dataset) -> Dataset:
         """Prompt tokens then completion tokens then EOS; only the completion and EOS are targets. Training
-        pairs are cut to train.max_length from the right; prompts alone (generation) keep their last tokens."""
+        pairs are cut to train.max_length from the right; prompts alone (generation) keep their last tokens.
+        Each row is one example with its own `attention_mask`; with the speed layer's padding-free training a
+        batch is flattened into one row of several examples (position ids restarting per example) by
+        `adapt.speed`, which leaves these labels as they are: each example's first label is a prompt token's
+        -100, so no example's first token is predicted from the previous example (the separator label that
+        `DataCollatorWithFlattening` writes is already there)."""
         max_length = self.recipe.train.max_length
         has_completion = "completion" in raw.column_names
         # a chat template writes its own special tokens; plain prompts get the tokenizer's usual ones (BOS)
@@ -249,7 +305,8 @@ class CausalLM(Task):
 
     # ---- loss and evaluation --------------------------------------------------------------------------
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model(**model_inputs(batch)).logits
+        """(summed next-token cross-entropy, targets): logits at position i score labels[i + 1]."""
+        logits = forward(model, batch).logits
         return summed_cross_entropy(logits[:, :-1], batch["labels"][:, 1:])
 
     def count_targets(self, batch: dict[str, torch.Tensor]) -> int:
@@ -258,7 +315,7 @@ class CausalLM(Task):
     def eval_step(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if "labels" not in batch:
             return {"generated": self.generate(model, batch)}
-        logits = model(**model_inputs(batch)).logits[:, :-1].float()
+        logits = forward(model, batch).logits[:, :-1].float()
         targets = batch["labels"][:, 1:]
         nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(-1)
         return {"nll": nll, "tokens": (targets != -100).sum(-1)}

@@ -24,7 +24,6 @@ class SequenceClassification(Task):
     pipeline_tag = "text-classification"
     auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
-    first_token_only = True
 
     label_names: list[str]
 

@@ -12,6 +12,7 @@ from datasets import Dataset
 from adapt import data
 from adapt.errors import AdaptError
 from adapt.metrics import seqeval_scores
+from adapt.metrics.sequence import tag_spans, to_iob2
 from adapt.tasks.base import Task, model_inputs, pad_batch, predict_input
 from adapt.tasks.classification import SequenceClassification
 
@@ -87,35 +88,6 @@ def split_tag(tag: str) -> tuple[str, str] | None:
 
 def is_iob2(tag: str) -> bool:
     return tag == OUTSIDE or (tag[:2] in ("B-", "I-") and len(tag) > 2)
-
-
-def tag_spans(tags: list[str]) -> list[tuple[str, int, int]]:
-    """(type, start word, end word) of every entity in one tag sequence of any scheme of `SCHEME_PREFIXES`,
-    read leniently as conlleval does: an I-/E-/L- tag continues an open entity of its type and otherwise
-    starts one; B-, S- and U- always start one; E-, L-, S- and U- close it. This is the one decoder of tags:
-    reading data, `predict`'s entities and the task's scores all use it.
-    """
-    spans: list[list] = []
-    open_entity = False
-    for i, tag in enumerate(tags):
-        prefix, _, kind = tag.partition("-")
-        if tag == OUTSIDE:
-            open_entity = False
-            continue
-        if open_entity and spans[-1][0] == kind and prefix in ("I", "E", "L"):
-            spans[-1][2] = i + 1
-        else:
-            spans.append([kind, i, i + 1])
-        open_entity = prefix not in ("E", "L", "S", "U")
-    return [(kind, start, end) for kind, start, end in spans]
-
-
-def to_iob2(tags: list[str]) -> list[str]:
-    """The same entities (`tag_spans`) written in IOB2: B- on each entity's first word, I- on the rest."""
-    out = [OUTSIDE] * len(tags)
-    for kind, start, end in tag_spans(tags):
-        out[start:end] = [f"B-{kind}"] + [f"I-{kind}"] * (end - start - 1)
-    return out
 
 
 def detect_scheme(tag_rows: list[list[str]], locate) -> str:
