@@ -440,19 +440,18 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
 
     # (metrics, predictions) of the best evaluation this process ran, if it scored the model as it is saved
     best_validation = None
-    frozen_restored = False
 
     def use_saved_weights() -> None:
-        """Make the model compute what the saved run will: the fp32 master values in an fp32 model, and for a
-        bf16-master adapter run the frozen base reloaded in full precision (adapt predict/eval reloads it from
-        the checkpoint). Training cannot continue afterwards; weights.load(...) may still replace the values."""
-        nonlocal frozen_restored
+        """Make the model compute what the saved run will: the trained weights in the precision they are saved
+        in, and for an adapter whose frozen base was trained in lower precision, that base reloaded in full
+        precision (as adapt predict/eval reloads it from the checkpoint). Training cannot continue afterwards;
+        weights.load(...) may still replace the trained values."""
+        rounded_base = recipe.peft and any(p.dtype != torch.float32 for p in unwrapped.parameters() if not p.requires_grad)
         weights.finalize(unwrapped)
-        if precision == "bf16-master" and recipe.peft and not frozen_restored:
+        if rounded_base:
             from adapt.lora import restore_frozen_weights
 
             restore_frozen_weights(unwrapped, task.build_model(model_path))
-            frozen_restored = True
 
     def evaluate_and_log(final: bool = False) -> tuple[dict, list[dict]]:
         """Score the validation split and record it at the current step (log file, history, trackers).
