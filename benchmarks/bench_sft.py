@@ -125,7 +125,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "code_alpaca_2k",
                         help="folder with code_alpaca_2k.json (Alpaca format)")
     parser.add_argument("--model", default="embedded:smollm2", help="model for both systems: embedded:NAME, Hub id or folder")
-    parser.add_argument("--examples", type=int, default=128, help="training pairs (seeded sample)")
+    parser.add_argument("--examples", type=int, default=64, help="training pairs (seeded sample)")
     parser.add_argument("--validation-examples", type=int, default=32, help="pairs both systems score after training")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256, help="prompt + completion tokens, cut from the right")

@@ -372,3 +372,26 @@ def test_native_attention_dropout_rate_threads_and_first_token_queries():
     assert torch.equal(first, full[starts[:-1]])
     out.float().square().sum().backward()
     assert all(x.grad is not None and x.grad.dtype == torch.bfloat16 and x.grad.isfinite().all() for x in (q, k, v))
+
+
+def test_labels_given_to_the_model_get_transformers_own_loss_on_the_padded_batch():
+    """A caller passing labels (transformers computes the loss inside the forward) gets the padded forward's loss:
+    the batch is left padded, and a call without labels is flattened again."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=0)
+    reference = LlamaForCausalLM(config).eval()
+    model = copy.deepcopy(reference)
+    assert padding_free.install(model)
+    input_ids = torch.randint(1, 64, (3, 7))
+    mask = (torch.arange(7) < torch.tensor([7, 4, 2])[:, None]).long()
+    labels = input_ids.masked_fill(mask == 0, -100)
+    expected = reference(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+    assert torch.allclose(model(input_ids=input_ids, attention_mask=mask, labels=labels).loss, expected, atol=1e-6)
+    seen = []
+    handle = model.model.embed_tokens.register_forward_hook(lambda m, a, out: seen.append(a[0].shape))
+    model(input_ids=input_ids, attention_mask=mask)
+    handle.remove()
+    assert seen == [torch.Size([1, 13])]  # flattened: 7 + 4 + 2 real tokens

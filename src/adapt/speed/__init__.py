@@ -45,8 +45,7 @@ def mixed_precision_mode(train) -> str:
     requested = train.mixed_precision
     if requested != "auto":
         return requested
-    sharded = any(os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() in ("1", "true") for k in ("DEEPSPEED", "FSDP"))
-    master = train.speed_layer and not sharded
+    master = train.speed_layer and not _sharded()
     if torch.cuda.is_available():
         if not torch.cuda.is_bf16_supported():
             return "fp16"
@@ -55,6 +54,11 @@ def mixed_precision_mode(train) -> str:
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "no"
     return "bf16-master" if master else "bf16"
+
+
+def _sharded() -> bool:
+    """Whether Accelerate is launched with DeepSpeed or FSDP, which shard the weights and keep their own masters."""
+    return any(os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() in ("1", "true") for k in ("DEEPSPEED", "FSDP"))
 
 
 def setup_done() -> None:
@@ -82,14 +86,17 @@ def optimization(model: torch.nn.Module, recipe, precision: str, train_features=
     """The speed layer's set-up of `model`'s training for `precision`: in `bf16-master` mode fp32 masters of a
     bf16 model, stepped by the fused CPU AdamW kernel where it is built, with the input-embedding rows that no
     token of `train_features` (the tokenized training split, a datasets.Dataset with `input_ids`) or of
-    `special_token_ids` uses left out of the optimizer; otherwise the model's own parameters."""
+    `special_token_ids` uses left out of the optimizer; otherwise the model's own parameters, and for fp32
+    (`precision` "no") on CPU the same rows left out and the same kernel stepping them in place."""
     master = precision == "bf16-master"
+    device = next(model.parameters()).device
+    fp32_cpu = recipe.train.speed_layer and precision == "no" and device.type == "cpu" and not _sharded()
     used = None
-    if master and train_features is not None:
+    if (master or fp32_cpu) and train_features is not None:
         from adapt.data import token_ids
 
         used = token_ids(train_features, extra=list(special_token_ids))
-    fused = master and fused_adamw.available(next(model.parameters()).device)
+    fused = (master or fp32_cpu) and fused_adamw.available(device)
     return Optimization(TrainableWeights(model, master=master, used_token_ids=used, fused=fused), recipe)
 
 
@@ -121,24 +128,28 @@ class Optimization:
         self.weights = weights
         self.optimizer = build_optimizer(weights, recipe)
         self.max_grad_norm = recipe.train.max_grad_norm
+        self.speed_layer = recipe.train.speed_layer
 
     def update(self, model: torch.nn.Module, accelerator) -> None:
         """One optimizer update from the accumulated gradients: onto the masters, clipped to the recipe's
         `max_grad_norm`, stepped, the model's weights refreshed, the gradients dropped. The fused optimizer
-        takes the bf16 gradients and clips them itself."""
+        takes the bf16 gradients and clips them itself. Model weights trained as they are (fp32, autocast) are
+        clipped by Accelerate (which unscales fp16 gradients and knows DDP, FSDP and DeepSpeed) unless they
+        train in one CPU process with the speed layer on."""
         weights, max_grad_norm = self.weights, self.max_grad_norm
         if not weights.fused:
+            own_clipping = weights.master or (self.speed_layer and accelerator.device.type == "cpu"
+                                              and accelerator.num_processes == 1)
+            if max_grad_norm and not own_clipping:  # on the model's dense gradients, before the rows are compacted
+                accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
             weights.grads_to_master()
-            if max_grad_norm:
-                if weights.master:  # the gradients now live on the fp32 masters, outside the (DDP) model
-                    params = [p for _, p in weights.named_parameters() if p.grad is not None]
-                    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-                    # clip_grad_norm_ always rescales (by 1.0 when under the limit) to avoid a device sync; a CPU
-                    # has no queue to stall, so read the norm and skip the no-op pass over every gradient
-                    if accelerator.device.type != "cpu" or max_grad_norm / (float(norm) + 1e-6) < 1.0:
-                        torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
-                else:
-                    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+            if max_grad_norm and own_clipping:  # the masters' (or the compact rows') gradients
+                params = [p for _, p in weights.named_parameters() if p.grad is not None]
+                norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+                # clip_grad_norm_ always rescales (by 1.0 when under the limit) to avoid a device sync; a CPU
+                # has no queue to stall, so read the norm and skip the no-op pass over every gradient
+                if accelerator.device.type != "cpu" or max_grad_norm / (float(norm) + 1e-6) < 1.0:
+                    torch.nn.utils.clip_grads_with_norm_(params, max_grad_norm, norm)
         self.optimizer.step()
         weights.after_step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,5 +1,5 @@
 """adapt's native CPU kernels as PyTorch operations (see `adapt.speed.native`): dropout that draws 16 random
-bits per element from one 64-bit draw per four, the one-pass bf16 dropout kernel, and attention with dropout
+bits per element from one 64-bit draw per four, the one-pass bf16 and fp32 dropout kernels, and attention with dropout
 on packed rows of several sequences. Each falls back to PyTorch where the library is not built."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu":
         return F.dropout(x, p, True)
-    if x.dtype == torch.bfloat16 and native.library() is not None:
+    if x.dtype in NativeDropout.KERNELS and native.library() is not None:
         return NativeDropout.apply(x, p)
     n = x.numel()
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2**63, 2**63 - 1).view(torch.int16)[:n]
@@ -37,30 +37,35 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class NativeDropout(torch.autograd.Function):
-    """`dropout` of a bf16 CPU tensor by native/dropout_bf16.c: the same keep rate and arithmetic in one pass
-    (random bits, mask, scale) instead of four, with a one-pass backward. Its random bits come from a
-    counter-based generator seeded by one draw from torch's, so `torch.manual_seed` and the RNG state a
-    checkpoint restores decide every mask, as they do on the PyTorch path."""
+    """`dropout` of a bf16 or fp32 CPU tensor by native/dropout_bf16.c or dropout_f32.c: the same keep rate and
+    arithmetic in one pass (random bits, mask, scale) instead of four, with a one-pass backward. Its random
+    bits come from a counter-based generator seeded by one draw from torch's, so `torch.manual_seed` and the
+    RNG state a checkpoint restores decide every mask, as they do on the PyTorch path; both kernels draw the
+    same bits, so a seed gives the same mask in either precision."""
+
+    KERNELS = {torch.bfloat16: "bf16", torch.float32: "f32"}  # dtype -> suffix of the kernels' names
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         x = x.contiguous()
         y, keep = torch.empty_like(x), torch.empty(x.shape, dtype=torch.uint8)
         ctx.scale = 1.0 / (1.0 - p)
-        native.library().dropout_bf16_forward(x.numel(), x.data_ptr(), y.data_ptr(), keep.data_ptr(), kernel_seed(),
-                                              keep_threshold(p), ctx.scale, torch.get_num_threads())
+        ctx.dtype = x.dtype
+        forward = getattr(native.library(), f"dropout_{NativeDropout.KERNELS[x.dtype]}_forward")
+        forward(x.numel(), x.data_ptr(), y.data_ptr(), keep.data_ptr(), kernel_seed(), keep_threshold(p), ctx.scale,
+                torch.get_num_threads())
         ctx.save_for_backward(keep)
         return y
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        if grad.dtype != torch.bfloat16:
+        if grad.dtype != ctx.dtype:
             return torch.where(keep.bool(), grad, 0) * ctx.scale, None
         grad = grad.contiguous()
         out = torch.empty_like(grad)
-        native.library().dropout_bf16_backward(grad.numel(), grad.data_ptr(), keep.data_ptr(), out.data_ptr(), ctx.scale,
-                                               torch.get_num_threads())
+        backward = getattr(native.library(), f"dropout_{NativeDropout.KERNELS[grad.dtype]}_backward")
+        backward(grad.numel(), grad.data_ptr(), keep.data_ptr(), out.data_ptr(), ctx.scale, torch.get_num_threads())
         return out, None
 
 

@@ -17,8 +17,8 @@ batches), and transformers runs every linear layer, norm, activation and dropout
 - on CPU, replaces the model's `nn.Dropout` modules' sampling by `cpu_kernels.dropout` (same rate within 8e-6,
   one 64-bit draw per four elements instead of a Bernoulli draw each; ~10% of a MiniLM step).
 
-Batches this cannot compute exactly (left padding, a cache / generation, inputs_embeds, output_attentions) are
-left alone: the attention function then runs transformers' `sdpa_attention_forward` with the sdpa mask, so
+Batches this cannot compute exactly (left padding, a cache / generation, inputs_embeds, output_attentions, labels
+given to a per-token head, whose loss transformers computes inside the forward) are left alone: the attention function then runs transformers' `sdpa_attention_forward` with the sdpa mask, so
 evaluation and generation give what sdpa gives.
 """
 
@@ -219,6 +219,7 @@ def install(model: torch.nn.Module) -> bool:
     return True
 
 
+LOSS_ARGUMENTS = ("labels", "start_positions", "end_positions")  # what a head's own loss reads in the padded layout
 PER_TOKEN_HEADS = ("ForCausalLM", "ForMaskedLM", "ForTokenClassification", "ForQuestionAnswering")
 
 
@@ -271,9 +272,20 @@ class PaddingFree:
         self.takes_token_types, self.takes_use_cache = "token_type_ids" in parameters, "use_cache" in parameters
         base.register_forward_pre_hook(self.flatten, with_kwargs=True)
         padded_outputs.register_forward_hook(self.unflatten, with_kwargs=True, always_call=True)
+        self.leave_next = False  # the model around the base computes a loss from padded labels: do not flatten
+        if padded_outputs is not base:
+            padded_outputs.register_forward_pre_hook(self.note_labels, with_kwargs=True)
+
+    def note_labels(self, module, args: tuple, kwargs: dict) -> None:
+        """Forward pre-hook of a per-token-head model: a call with `labels` (or QA start/end positions) has its
+        loss computed by transformers inside the forward, against the padded layout: that call stays padded."""
+        self.leave_next = any(kwargs.get(k) is not None for k in LOSS_ARGUMENTS)
 
     def packing(self, args: tuple, kwargs: dict) -> Packing | None:
         """The Packing of this call's batch, or None to leave it alone."""
+        if self.leave_next:
+            self.leave_next = False
+            return None
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if (len(args) > 1 or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2
                 or kwargs.get("inputs_embeds") is not None or kwargs.get("output_attentions")

@@ -27,7 +27,10 @@ class UsedEmbeddingRows:
 
     In a single process the embedding also emits a sparse gradient (one row per token, summed into the
     compact fp32 buffer), so no table-sized bf16 gradient is zeroed and filled each step; DDP all-reduces
-    dense gradients, so with several processes the used rows are gathered from the dense one."""
+    dense gradients, so with several processes the used rows are gathered from the dense one.
+
+    Both for bf16 masters (`table` is the fp32 master table) and for fp32 training (`table` is the model's own
+    embedding weight, whose used rows `TrainableWeights.after_step` refreshes after every step)."""
 
     def __init__(self, name: str, embedding: torch.nn.Embedding, table: torch.Tensor, index: torch.Tensor):
         self.name = name
@@ -57,7 +60,8 @@ class UsedEmbeddingRows:
         self.embedding.sparse = enabled and not (distributed and torch.distributed.get_world_size() > 1)
 
     def compact_gradient(self, grad: torch.Tensor, out: torch.Tensor) -> None:
-        """The used rows' gradient, from the embedding's sparse or dense bf16 gradient, into fp32 `out`."""
+        """The used rows' gradient, from the embedding's sparse or dense (bf16 or fp32) gradient, into fp32 `out`
+        ([len(index), hidden])."""
         if grad.is_sparse:  # uncoalesced: repeated tokens are summed here, in fp32
             out.zero_()
             out.index_add_(0, self.position[grad._indices()[0]], grad._values().float())
@@ -68,12 +72,15 @@ class UsedEmbeddingRows:
 class TrainableWeights:
     def __init__(self, model: torch.nn.Module, master: bool, used_token_ids: torch.Tensor | None = None,
                  fused: bool = False):
-        """`used_token_ids`: every token id the training data can feed the model; in bf16-master mode the
-        input-embedding rows of other tokens are left out of the optimizer (see UsedEmbeddingRows).
-        `fused`: the optimizer will be `FusedMasterAdamW`, which reads the bf16 gradients through
-        `fused_sources` and refreshes the model weights itself (bf16-master mode only)."""
+        """`used_token_ids`: every token id the training data can feed the model; the input-embedding rows of
+        other tokens are left out of the optimizer (see UsedEmbeddingRows), in bf16-master mode and in fp32
+        (`master=False`: pass them only for fp32 weights trained in one process or with DDP, whose clipping
+        reads the dense gradients before `grads_to_master` compacts them).
+        `fused`: the optimizer will be `FusedMasterAdamW`, which reads the gradients through `fused_sources`
+        and, in bf16-master mode, refreshes the bf16 model weights itself; in fp32 it steps the model's own
+        weights in place (one pass for all of them instead of torch's pass per tensor)."""
         self.master = master
-        self.fused = fused and master
+        self.fused = fused
         self.rows: UsedEmbeddingRows | None = None
         self._grad_buffers: dict[str, torch.Tensor] | None = None
         if master:
@@ -86,7 +93,12 @@ class TrainableWeights:
             self.params = {n: torch.nn.Parameter(t) for n, t in fp32.items()}
         self.model_params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         if not master:
-            self.params = self.model_params
+            self.params = dict(self.model_params)
+            own = {n: p.detach() for n, p in self.model_params.items()}  # the table is the model's own weight
+            self.rows = UsedEmbeddingRows.find(model, own, used_token_ids)
+            if self.rows:
+                self.params[self.rows.name] = torch.nn.Parameter(self.rows.table.index_select(0, self.rows.index))
+                self.rows.sparse_gradients(True)
 
     def named_parameters(self):
         return self.params.items()
@@ -96,8 +108,12 @@ class TrainableWeights:
 
     def grads_to_master(self) -> None:
         """After backward: move the bf16 gradients onto the fp32 masters, in one fused copy into buffers
-        allocated once (a per-parameter `.float()` costs ~5% of a small model's step)."""
+        allocated once (a per-parameter `.float()` costs ~5% of a small model's step). Without masters (fp32),
+        only the used embedding rows' gradient moves, onto their compact copy."""
         if not self.master:
+            if self.rows and self.model_params[self.rows.name].grad is not None:
+                self.params[self.rows.name].grad = self._rows_gradient()
+                self.model_params[self.rows.name].grad = None
             return
         if self._grad_buffers is None:
             self._grad_buffers = {n: torch.empty_like(p) for n, p in self.params.items()}
@@ -111,21 +127,29 @@ class TrainableWeights:
             self.model_params[name].grad = None
 
     def fused_sources(self) -> dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor | None]]:
-        """For FusedMasterAdamW, after backward: each master's gradient as backward left it (bf16; for the
-        used embedding rows, compacted into fp32) and the bf16 model weight it refreshes (none for the
-        embedding table, of which `after_step` copies only the used rows)."""
+        """For FusedMasterAdamW, after backward: each master's gradient as backward left it (bf16, or fp32
+        without masters; for the used embedding rows, compacted into fp32) and the bf16 model weight it
+        refreshes (none for the embedding table, of which `after_step` copies only the used rows, nor in
+        fp32, where the stepped weight is the model's)."""
         sources = {}
         for name, model_param in self.model_params.items():
             if model_param.grad is None:
                 continue
             if self._is_rows(name):
-                if self._grad_buffers is None:
-                    self._grad_buffers = {name: torch.empty_like(self.params[name])}
-                self.rows.compact_gradient(model_param.grad, self._grad_buffers[name])
-                sources[self.params[name]] = (self._grad_buffers[name], None)
+                sources[self.params[name]] = (self._rows_gradient(), None)
             else:
-                sources[self.params[name]] = (model_param.grad, model_param.detach())
+                sources[self.params[name]] = (model_param.grad, model_param.detach() if self.master else None)
         return sources
+
+    def _rows_gradient(self) -> torch.Tensor:
+        """The used rows' gradient compacted from the model table's, in a buffer allocated once."""
+        name = self.rows.name
+        if self._grad_buffers is None:
+            self._grad_buffers = {}
+        if name not in self._grad_buffers:
+            self._grad_buffers[name] = torch.empty_like(self.params[name])
+        self.rows.compact_gradient(self.model_params[name].grad, self._grad_buffers[name])
+        return self._grad_buffers[name]
 
     def release_gradients(self) -> None:
         """After the last update: drop the gradients and their fp32 buffers."""
@@ -135,8 +159,9 @@ class TrainableWeights:
 
     def after_step(self, optimizer: torch.optim.Optimizer) -> None:
         """After an optimizer step: note the decay of the rows it skipped, and refresh the bf16 model weights
-        (the fused optimizer has refreshed all but the embedding rows, and leaves the gradients to drop)."""
-        if not self.master:
+        (the fused optimizer has refreshed all but the embedding rows, and leaves the gradients to drop); in
+        fp32, copy the stepped rows into the model's table."""
+        if not (self.master or self.rows):
             return
         if self.rows:
             compact = self.params[self.rows.name]
@@ -145,7 +170,7 @@ class TrainableWeights:
         if self.fused:
             for param in self.model_params.values():
                 param.grad = None
-        self._refresh_model(rows_only=self.fused)
+        self._refresh_model(rows_only=self.fused or not self.master)
 
     def _refresh_model(self, rows_only: bool = False) -> None:
         """Copy the masters into the bf16 model; of the embedding table, only the used rows."""
@@ -168,7 +193,8 @@ class TrainableWeights:
                 rows.table.mul_(rows.decay)  # the used rows are overwritten next
                 rows.decay = 1.0
             rows.table.index_copy_(0, rows.index, self.params[rows.name].detach())
-            self.model_params[rows.name].copy_(rows.table)
+            if self.master:  # in fp32 the table is the model's weight
+                self.model_params[rows.name].copy_(rows.table)
 
     def _masters(self) -> dict[str, torch.Tensor]:
         """Every trainable weight's master value, the embedding table whole and up to date."""
@@ -197,14 +223,16 @@ class TrainableWeights:
                 self.params[name].copy_(value)
         if self.master:
             self._refresh_model()
-            self.sync()
+        self.sync()
 
     def finalize(self, model: torch.nn.Module) -> None:
-        """Put the fp32 master values back into an fp32 model, for saving."""
-        if self.master:
+        """Put the fp32 master values back into an fp32 model, for saving (in fp32, bring the skipped
+        embedding rows up to date)."""
+        if self.master or self.rows:
             masters = self._masters()
             if self.rows:  # the saved module must not ask its users for sparse gradients
                 self.rows.sparse_gradients(False)
+        if self.master:
             model.to(torch.float32)
             with torch.no_grad():
                 for name, param in model.named_parameters():

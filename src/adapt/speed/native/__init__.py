@@ -24,6 +24,10 @@ _SIGNATURES = {  # name: (result, arguments)
                                     ctypes.c_uint32, ctypes.c_float, ctypes.c_int]),
     "dropout_bf16_backward": (None, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
                                      ctypes.c_int]),
+    "dropout_f32_forward": (None, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint64,
+                                   ctypes.c_uint32, ctypes.c_float, ctypes.c_int]),
+    "dropout_f32_backward": (None, [ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float,
+                                    ctypes.c_int]),
     # sequences, heads, head size, query and key starts, contiguous queries, keys and values, is bf16,
     # scale, dropout threshold and scale, seed, then the outputs (context, softmax statistics) or, for the
     # backward, the context's gradient, the statistics and the three gradients, then the thread count
