@@ -84,7 +84,8 @@ def varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Te
     if kv_heads != heads:
         key, value = repeat_kv(key, heads // kv_heads), repeat_kv(value, heads // kv_heads)
     # [1, heads, tokens, d] -> packed [tokens, heads, d]
-    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
+    # squeeze, not x[0]: a select's backward zero-fills and copies a whole [heads, tokens, d] gradient
+    q, k, v = (x.squeeze(0).transpose(0, 1) for x in (query, key, value))
     if (q.device.type == "cpu" and not is_causal and window is None and native.library() is not None
             and q.dtype == k.dtype == v.dtype and q.dtype in (torch.bfloat16, torch.float32)):
         tokens = q.shape[0]
@@ -250,7 +251,7 @@ class Packing:
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         """A packed [1, T, ...] tensor in the padded layout [batch, length, ...], zeros at pads."""
-        rows = x.new_zeros(self.batch * self.length, *x.shape[2:]).index_copy(0, self.token_index, x[0])
+        rows = x.new_zeros(self.batch * self.length, *x.shape[2:]).index_copy(0, self.token_index, x.squeeze(0))
         return rows.view(self.batch, self.length, *x.shape[2:])
 
 
