@@ -102,8 +102,9 @@ def optimization(model: torch.nn.Module, recipe, precision: str, train_features=
 
 def build_optimizer(weights: TrainableWeights, recipe) -> torch.optim.Optimizer:
     """AdamW over `weights` with the recipe's learning rate and weight decay; biases and normalisation weights
-    (1-d tensors) are not decayed (standard BERT/GPT practice). Fused master weights get FusedMasterAdamW, which
-    also clips to `train.max_grad_norm`; the others PyTorch's fused AdamW (one kernel for all parameters)."""
+    (1-d tensors) are not decayed (standard BERT/GPT practice). Weights the native kernel steps (`weights.fused`:
+    bf16-master or fp32 on CPU) get FusedMasterAdamW, which also clips to `train.max_grad_norm`; the others
+    PyTorch's fused AdamW (one kernel for all parameters)."""
     decay, no_decay = [], []
     for _, param in weights.named_parameters():
         if param.requires_grad:

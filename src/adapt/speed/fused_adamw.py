@@ -1,5 +1,6 @@
-"""AdamW for bf16-master training on CPU in one pass over memory, by the C kernel in native/adamw_bf16.c
-(see `adapt.native`; without it training takes the unfused PyTorch path, same results to rounding).
+"""AdamW on CPU in one pass over memory, by the C kernel in native/adamw_bf16.c, for bf16-master training (fp32
+masters of a bf16 model) and for fp32 training (the model's own fp32 weights, stepped in place) (see
+`adapt.speed.native`; without it training takes the unfused PyTorch path, same results to rounding).
 
 The unfused update makes five passes over every trainable weight: bf16 gradient to an fp32 copy, global norm,
 clipping, AdamW, fp32 master back to the bf16 model. On a CPU that update is memory bound and was ~15% of a
