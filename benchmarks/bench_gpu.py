@@ -324,9 +324,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.batch_sizes = args.batch_sizes or ([16] if dry else [32, 128])
     args.rounds = args.rounds or (1 if dry else 2)
     args.matmul_size = args.matmul_size or (256 if dry else None)
-    args.data = args.data.resolve()  # the children run in the repository root
-    if not (args.data / "train.tsv").exists() or not (args.data / "dev.tsv").exists():
-        parser.error(f"--data {args.data}: needs train.tsv and dev.tsv (GLUE SST-2)")
+    bench_sst2.check_sst2_data(parser, args)
     return args
 
 

@@ -24,7 +24,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from bench_sst2 import console, machine, print_cpu_features, print_speed_tables, run_measured, summarise  # noqa: E402
+from bench_sst2 import (console, print_cpu_features, print_speed_tables, run_measured, summarise,  # noqa: E402
+                        write_results)
 
 SYSTEMS = ["adapt", "trainer-flattening"]
 TARGET = 1.3  # issue 16: adapt at least 1.3x the peer's samples/s, median of the rounds
@@ -148,12 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     print_cpu_features()
     with tempfile.TemporaryDirectory(prefix="adapt-bench-sft-") as scratch:  # the JSONL files live here
         run = speed_mode(args, Path(scratch))
-    result = {"workload": "sft", "started": started, "machine": machine(),
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **run}
-    out = args.out or ROOT / "runs" / "bench" / f"sft-{started}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    console.print(f"results written to {out}")
+    write_results({"workload": "sft", "started": started, **run}, args, f"sft-{started}.json")
 
 
 if __name__ == "__main__":

@@ -296,10 +296,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.examples = 8000 if args.accuracy_seeds else 2000
     if args.configs is None:
         args.configs = [BEST_PEER] if args.accuracy_seeds else list(trainer_peer.CONFIGS)
-    args.data = args.data.resolve()  # the children run in the repository root
+    check_sst2_data(parser, args)
+    return args
+
+
+def check_sst2_data(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Resolve `args.data` (the children run in the repository root); a parser error unless it holds SST-2."""
+    args.data = args.data.resolve()
     if not (args.data / "train.tsv").exists() or not (args.data / "dev.tsv").exists():
         parser.error(f"--data {args.data}: needs train.tsv and dev.tsv (GLUE SST-2)")
-    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -311,12 +316,18 @@ def main(argv: list[str] | None = None) -> None:
     print_cpu_features()
     with tempfile.TemporaryDirectory(prefix="adapt-bench-") as scratch:
         run = {"accuracy": accuracy_mode, "cache": cache_mode, "speed": speed_mode}[mode](args, Path(scratch))
-    result = {"mode": mode, "started": started, "machine": machine(),
-              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, **run}
-    out = args.out or ROOT / "runs" / "bench" / f"sst2-{mode}-{started}.json"
+    write_results({"mode": mode, "started": started, **run}, args, f"sst2-{mode}-{started}.json")
+
+
+def write_results(result: dict, args: argparse.Namespace, name: str) -> Path:
+    """Write a bench's results with the machine and the settings to `args.out` (default runs/bench/NAME)."""
+    result = {**result, "machine": machine(),
+              "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    out = args.out or ROOT / "runs" / "bench" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     console.print(f"results written to {out}")
+    return out
 
 
 if __name__ == "__main__":

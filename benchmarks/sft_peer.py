@@ -12,13 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import psutil
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # launched by path (benchmarks/launch.py)
+import trainer_peer  # noqa: E402
 
 RECIPE = "clm-instruct"
 
@@ -152,12 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     precision = precision_for_this_machine() if args.precision == "auto" else args.precision
     result = run(args.train, args.validation, args.model, args.batch_size, args.lr, args.epochs, args.max_length,
                  args.seed, precision)
-    result["wall_seconds"] = round(time.time() - psutil.Process().create_time(), 2)  # from process start
-    result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-    line = json.dumps(result)
-    if args.out:
-        args.out.write_text(line + "\n")
-    print(line)
+    trainer_peer.report(result, args.out)
 
 
 if __name__ == "__main__":

@@ -130,11 +130,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     result = run(args.data, args.model, args.config, args.examples, args.seed, args.batch_size, args.lr, args.epochs,
                  args.attn_implementation)
+    report(result, args.out)
+
+
+def report(result: dict, out: Path | None) -> None:
+    """Print a peer's result as one JSON line (and write it to `out`), with this process's wall time since its
+    start and its peak RSS, as the benches read them."""
     result["wall_seconds"] = round(time.time() - psutil.Process().create_time(), 2)  # from process start
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
     line = json.dumps(result)
-    if args.out:
-        args.out.write_text(line + "\n")
+    if out:
+        out.write_text(line + "\n")
     print(line)
 
 

@@ -37,7 +37,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class NativeDropout(torch.autograd.Function):
-    """`dropout` of a bf16 or fp32 CPU tensor by native/dropout_bf16.c or dropout_f32.c: the same keep rate and
+    """`dropout` of a bf16 or fp32 CPU tensor by native/dropout.c: the same keep rate and
     arithmetic in one pass (random bits, mask, scale) instead of four, with a one-pass backward. Its random
     bits come from a counter-based generator seeded by one draw from torch's, so `torch.manual_seed` and the
     RNG state a checkpoint restores decide every mask, as they do on the PyTorch path; both kernels draw the
