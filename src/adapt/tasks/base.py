@@ -298,16 +298,10 @@ def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of the cross-entropy over the targets, their count): `logits` [..., classes] in any float dtype, scored
-    in fp32; `labels` [...] with -100 where nothing is scored. On CPU only the scored rows are converted and
-    scored (prompt and pad positions of an LM batch are most of its [batch, length, vocab] logits); on a GPU all
-    rows are, so that no step waits for the device to count them."""
-    logits = logits.reshape(-1, logits.shape[-1])
+    logits = logits.reshape(-1, logits.shape[-1]).float()
     labels = labels.reshape(-1)
-    scored = labels != -100
-    if logits.device.type == "cpu":
-        return F.cross_entropy(logits[scored].float(), labels[scored], reduction="sum"), scored.sum()
-    return F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum"), scored.sum()
+    loss = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+    return loss, (labels != -100).sum()
 
 
 PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "labels": -100, "special_tokens_mask": 1}
