@@ -462,6 +462,14 @@ def test_lora_on_a_relative_local_model_records_its_absolute_path(tiny_bert, mon
     assert wrapped.peft_config["default"].base_model_name_or_path == str(tiny_bert.resolve())
 
 
+def _predict_error_from(folder, monkeypatch) -> str:
+    """The one line `adapt predict --model run` prints from `folder`, which must exit with code 2."""
+    monkeypatch.chdir(folder)
+    result = cli("predict", "--model", "run", "a film")
+    assert result.exit_code == 2, result.output
+    return result.output.strip()
+
+
 def _with_base(lora_run: Path, folder: Path, base: str) -> Path:
     shutil.copytree(lora_run, folder)
     settings = json.loads((folder / "adapter_config.json").read_text())
@@ -478,10 +486,7 @@ def test_adapter_whose_local_base_is_missing_is_one_line_without_the_hub(lora_th
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_hub)
     folder = _with_base(lora_three_labels, tmp_path / "run", "./models/tiny")
-    monkeypatch.chdir(tmp_path)
-    result = cli("predict", "--model", "run", "a film")
-    assert result.exit_code == 2, result.output
-    assert result.output.strip() == (
+    assert _predict_error_from(tmp_path, monkeypatch) == (
         f"error: run/adapter_config.json: base_model_name_or_path './models/tiny' is no folder (seen from {tmp_path}); "
         "set base_model_name_or_path in that file to the base model's folder (an absolute path) or Hub id, then run "
         "the command again")
@@ -560,10 +565,7 @@ def test_adapter_base_on_an_unreachable_hub_is_one_line_without_retries(lora_thr
     monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", no_download)
     _with_base(lora_three_labels, tmp_path / "run", "tiny")
-    monkeypatch.chdir(tmp_path)
-    result = cli("predict", "--model", "run", "a film")
-    assert result.exit_code == 2, result.output
-    assert result.output.strip() == (
+    assert _predict_error_from(tmp_path, monkeypatch) == (
         f"error: run/adapter_config.json: base_model_name_or_path 'tiny' is no folder here (seen from {tmp_path}) and "
         "the Hugging Face Hub cannot be reached (ConnectionError: [Errno -2] Name or service not known); set "
         "base_model_name_or_path in that file to the base model's folder (an absolute path) or Hub id, then run the "
