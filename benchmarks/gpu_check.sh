@@ -9,6 +9,8 @@
 #                logits / gradients against transformers' sdpa forward, a training step's time of each
 #   4. bench     benchmarks/bench_gpu.py: adapt vs Trainer (sdpa; flash_attention_2 where it imports), batch
 #                32 and 128, alternating rounds: samples/s, MFU, wall time
+#   5. sharded   benchmarks/sharded_check.py: adapt with examples/accelerate/fsdp.yaml and deepspeed_zero2.yaml
+#                on every GPU, a fixed number of steps: samples/s, peak GPU memory, accuracy (sharded.json)
 # Everything goes to $OUT (the device tool's folder; /tmp/gpu_check_out elsewhere): gpu_check.log,
 # tests.log, probe.json, gpu_bench.json.
 # GPU_CHECK_DRY=1: check this script end to end on a machine without a GPU (the project's .venv, the wheel
@@ -84,10 +86,17 @@ stage "3. padding-free probe (limit $PROBE_LIMIT s)"
 timeout --kill-after=5 $PROBE_LIMIT $PY benchmarks/bench_gpu.py --probe $DRY_FLAG --out "$OUT/probe.json" 2>&1 | tee -a "$LOG"
 echo "probe exit code ${PIPESTATUS[0]}" | tee -a "$LOG"
 
-BENCH_LIMIT=$(( $(left) - 10 ))
+SHARDED_S=${GPU_CHECK_SHARDED_S:-150}  # kept back for stage 5
+BENCH_LIMIT=$(( $(left) - 10 - SHARDED_S ))
 stage "4. bench (limit ${BENCH_LIMIT} s)"
 # the bench starts no run that would end past its budget; the timeout is the backstop
 timeout --kill-after=5 "$BENCH_LIMIT" $PY benchmarks/bench_gpu.py $DRY_FLAG --out "$OUT/gpu_bench.json" \
     --budget-s $(( BENCH_LIMIT - 15 )) ${GPU_CHECK_BENCH_ARGS:-} 2>&1 | tee -a "$LOG"
 stage "bench exit code ${PIPESTATUS[0]} (124: stopped at its limit; gpu_bench.json holds the runs finished)"
+
+stage "5. sharded runs: FSDP2 and DeepSpeed ZeRO-2 on every GPU (limit ${SHARDED_S} s)"
+# the shipped examples/accelerate configs; samples/s, peak memory, accuracy (or the error) of each in sharded.json
+timeout --kill-after=5 "$SHARDED_S" $PY benchmarks/sharded_check.py $DRY_FLAG --out "$OUT/sharded.json" \
+    --limit-s $(( SHARDED_S / 2 - 5 )) 2>&1 | tee -a "$LOG"
+stage "sharded exit code ${PIPESTATUS[0]}"
 stage "done"

@@ -4,6 +4,10 @@ budgets (each an `adapt finetune` child process with explicit overrides), then w
 
     python benchmarks/reproduce.py --data ../shared/data --out results [--only sentiment,ner] [--dry-run]
 
+Each run's result is kept in results/runs/<name>.json, and RESULTS.md is rebuilt from all of them, so `--only`
+refreshes some rows and keeps the others (rows never run say "not run yet"). A two-step benchmark
+(`model_from`, e.g. sentiment-mlm after mlm) trains from the run folder of its first step.
+
 The budgets are sized so that all runs together take under 3 hours on a 2-core CPU. Same seed and same
 machine give the same numbers (CPU kernels are deterministic for a fixed thread count)."""
 
@@ -21,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from adapt.outputs import atomic_write_json, atomic_write_text
 from adapt.plots import write_run_plots
 from adapt.recipe import available_recipes, load_recipe_dict
 from adapt.runs import format_duration, key_metric
@@ -43,7 +48,13 @@ class Benchmark:
     flags: list[str] = field(default_factory=list)
     overrides: list[str] = field(default_factory=list)
     reference: str = "no published figure cited"
+    # a two-step benchmark: the name of the benchmark whose saved run folder is this one's --model
+    model_from: str | None = None
 
+
+# SmolLM2 (135M) steps of 16 Multi30k pairs that fit the translate row's CPU budget (~12 minutes with the
+# baseline, validation and test generations)
+TRANSLATE_STEPS = 120
 
 BENCHMARKS = [
     Benchmark(
@@ -54,8 +65,37 @@ BENCHMARKS = [
                   "(Hugging Face transformers, examples/pytorch/text-classification README, GLUE table)",
     ),
     Benchmark(
-        "pairs", "pairs", "GLUE MRPC (Hugging Face Hub)", 200,
-        reference="no local copy of MRPC in the shared data; needs the Hub",
+        # ~1.5x a sentiment step (measured here by CPU time): ~5 minutes where sentiment's 250 steps take 44 s
+        "mlm", "mlm", "SST-2 train sentences as unlabelled text (67,349); masked-token perplexity on dev 872", 1000,
+        data={"train": "sst2/train.tsv", "validation": "sst2/dev.tsv"},
+        overrides=["data.columns.text=sentence", "train.eval_on_start=true"],
+        reference="no published figure: masked-LM domain adaptation, step 1 of 2 (transformers "
+                  "examples/pytorch/language-modeling run_mlm); the sentiment-mlm row is step 2",
+    ),
+    Benchmark(
+        "sentiment-mlm", "sentiment", "SST-2 (GLUE), 8,000 train examples, dev 872, from the mlm row's model", 250,
+        data={"train": "sst2/train.tsv", "validation": "sst2/dev.tsv"},
+        flags=["--max-train-examples", "8000"], overrides=["data.columns.text=sentence"], model_from="mlm",
+        reference="the sentiment row: the same budget and seed from embedded:minilm without the MLM step",
+    ),
+    Benchmark(
+        "pairs", "pairs", "GLUE MRPC (local TSV), train 3,668 / dev 408 pairs", 200,
+        data={"train": "mrpc/train.tsv", "validation": "mrpc/dev.tsv"},
+        overrides=["data.columns.text=#1 String", "data.columns.text_pair=#2 String", "data.columns.label=Quality"],
+        reference="dev F1 88.85 / accuracy 84.07: bert-base-cased (110M), full train set, 3 epochs (Hugging Face "
+                  "transformers, examples/pytorch/text-classification README, GLUE table)",
+    ),
+    Benchmark(
+        "similarity", "similarity", "STS-B (regression, 0-5 scores): train 5,749 pairs (3 epochs of 16), dev "
+        "1,500 / test 1,379 scored by Pearson", 1080,
+        reference="dev Pearson 0.85-0.89: BERT-base (110M), full train set (Devlin et al. 2019, GLUE table; the "
+                  "transformers text-classification README: Pearson/Spearman 88.64/88.48, bert-base-cased)",
+    ),
+    Benchmark(
+        "emotions", "emotions", "GoEmotions (multi-label, 28 labels): 1,000 steps of 32 of 43,410 train comments, "
+        "threshold tuned on dev 5,426, test 5,427 scored (micro/macro F1)", 1000,
+        reference="test macro F1 0.46: BERT-base (110M), full train set, threshold 0.3 (Demszky et al. 2020, "
+                  "GoEmotions, full 28-label taxonomy)",
     ),
     Benchmark(
         "ner", "ner", "CoNLL-2003 English (IOB2), dev 3,250 / test 3,453 sentences", 600,
@@ -73,12 +113,31 @@ BENCHMARKS = [
         overrides=["data.max_eval_examples=100", "train.eval_on_start=true"],
     ),
     Benchmark(
-        "translate", "translate", "Multi30k en->de, 500 val / 500 test_2016_flickr sentences scored", 600,
-        overrides=["data.max_eval_examples=500", "train.eval_on_start=true"],
+        "translate", "translate",
+        "Multi30k en->de, SmolLM2 prompt/completion, greedy; BLEU on 256 val / 500 test_2016_flickr sentences",
+        TRANSLATE_STEPS, overrides=["data.max_eval_examples=500", "train.eval_on_start=true"],
+    ),
+    Benchmark(
+        "translate-encdec", "translate-encdec",
+        "Multi30k en->de, MiniLM encoder-decoder (uncased vocabulary), 500 val / 500 test_2016_flickr sentences scored",
+        600, overrides=["data.max_eval_examples=500", "train.eval_on_start=true"],
     ),
     Benchmark(
         "clm", "clm", "tiny Shakespeare (90/10 split, 256-token blocks)", 60,
         overrides=["train.eval_on_start=true"],
+    ),
+    Benchmark(
+        "chat", "chat", "FastChat dummy_conversation (ShareGPT, 1-3 turns; 450 train / 50 validation conversations), "
+        "loss on assistant turns; perplexity over assistant tokens, greedy replies to the last user turn", 56,
+        overrides=["train.eval_on_start=true"],
+        reference="no published figure: FastChat's synthetic identity set is a smoke test (SOURCE.md), not a "
+                  "benchmark; the row shows assistant-token perplexity before and after one epoch",
+    ),
+    Benchmark(
+        "dpo", "dpo", "Anthropic HH-RLHF harmless-base test, SmolLM2 + LoRA: 320 of 2,077 train pairs, 128 of 231 "
+        "held-out pairs scored, 160 tokens", 40, overrides=["train.eval_on_start=true"],
+        reference="no published figure for this model and split: reward accuracy above 0.5 (chance) on held-out "
+                  "pairs is the bar (TRL DPOTrainer metric rewards/accuracies; an untrained policy ties at 0)",
     ),
 ]
 
@@ -107,9 +166,13 @@ def data_sources(bench: Benchmark, data_dir: Path) -> tuple[dict[str, str], str 
 
 
 def finetune_command(bench: Benchmark, sources: dict[str, str], run_dir: Path) -> list[str]:
+    """The `adapt finetune` child command of `bench` writing `run_dir`; a two-step benchmark (`model_from`)
+    trains from the run folder of that benchmark beside `run_dir`."""
     flag_of = {"train": "--data", "validation": "--validation", "test": "--test"}
     command = [sys.executable, "-m", "adapt", "finetune", "--recipe", bench.recipe, "--output-dir", str(run_dir),
                "--overwrite", "--seed", str(SEED), "--max-steps", str(bench.max_steps), *bench.flags]
+    if bench.model_from:
+        command += ["--model", str(run_dir.parent / bench.model_from)]
     for role, path in sources.items():
         command += [flag_of[role], path]
     return command + bench.overrides + ["tracking=[]"]
@@ -121,6 +184,69 @@ def display_command(command: list[str], data_dir: Path, data_arg: str) -> str:
     root, data = f"{ROOT}/", str(data_dir)
     shown = [arg.replace(data, data_arg.rstrip("/")).replace(root, "") for arg in command[3:]]
     return shlex.join(["adapt", *shown])
+
+
+def model_label(bench: Benchmark) -> str:
+    """The model column of a row: the recipe's model, or for a two-step benchmark the run it starts from."""
+    if bench.model_from:
+        first = next((b for b in BENCHMARKS if b.name == bench.model_from), None)
+        base = model_label(first) if first else "?"
+        return f"{base} after the {bench.model_from} row"
+    return load_recipe_dict(bench.recipe)[0].get("model", "-") if bench.recipe in available_recipes() else "-"
+
+
+def missing_first_step(bench: Benchmark, runs_dir: Path, ran_now: dict[str, dict]) -> str | None:
+    """Why a two-step benchmark cannot run now (its first step's model is missing, or that step failed in
+    this invocation, so the folder holds an older model), else None."""
+    if not bench.model_from:
+        return None
+    first = ran_now.get(bench.model_from)
+    if first is not None and first["status"] != "ok":
+        return f"the {bench.model_from} row it starts from failed"
+    if not (runs_dir / bench.model_from / "config.json").exists():
+        return (f"it starts from the {bench.model_from} row's model ({runs_dir / bench.model_from}), which is not "
+                f"there; run --only {bench.model_from},{bench.name}")
+    return None
+
+
+# ---- stored results -----------------------------------------------------------------------------------
+def result_file(out: Path, name: str) -> Path:
+    """Where a benchmark's latest result is kept: results/runs/<name>.json beside RESULTS.md."""
+    return out / "runs" / f"{name}.json"
+
+
+def store_result(out: Path, bench: Benchmark, result: dict) -> None:
+    """Keep `result` (ok or failed) as the benchmark's latest, atomically: RESULTS.md is rebuilt from these."""
+    atomic_write_json(result_file(out, bench.name), {"benchmark": bench.name, **result})
+
+
+def stored_result(out: Path, bench: Benchmark) -> dict | None:
+    """The benchmark's latest stored result, or None (never run, or an unreadable file, which is reported)."""
+    path = result_file(out, bench.name)
+    if not path.exists():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        print(f"[{bench.name}] ignoring {path}: unreadable ({type(err).__name__}); rerun --only {bench.name}")
+        return None
+    return result if isinstance(result, dict) and "status" in result else None
+
+
+def collect_rows(out: Path, data_dir: Path, data_arg: str, runs_dir: Path) -> list[tuple[Benchmark, str, dict]]:
+    """One row per benchmark in BENCHMARKS, from its stored result; a row never run says why ("not run yet" or
+    "not available: ..."), and a stored result whose command is not today's is marked stale."""
+    rows = []
+    for bench in BENCHMARKS:
+        sources, unavailable = data_sources(bench, data_dir)
+        result = stored_result(out, bench)
+        if result is None:
+            result = {"status": f"not available: {unavailable}" if unavailable else "not run yet"}
+        elif not unavailable and result.get("command"):
+            current = display_command(finetune_command(bench, sources, runs_dir / bench.name), data_dir, data_arg)
+            result["stale"] = current != result["command"]
+        rows.append((bench, model_label(bench), result))
+    return rows
 
 
 # ---- running ---------------------------------------------------------------------------------------
@@ -182,18 +308,22 @@ def results_markdown(rows: list[tuple[Benchmark, str, dict]], data_dir: Path) ->
                          f"{result['status']} | - | - | {bench.reference} |")
             continue
         m = result["metrics"]
+        stale = " (settings changed since: rerun this row)" if result.get("stale") else ""
         lines.append(
-            f"| {bench.name} | {bench.recipe} | {bench.dataset} | {model} | {m.get('train_steps')} | "
+            f"| {bench.name}{stale} | {bench.recipe} | {bench.dataset} | {model} | {m.get('train_steps')} | "
             f"{format_duration(result['wall_seconds'])} | {m.get('train_samples_per_s', 0):.1f} | "
             f"{result['metric']} {_number(result['value'])} | "
             f"{_number(m.get('initial_validation', {}).get(result['metric']))} | "
             f"{_number(result['test_value'])} | {bench.reference} |"
         )
     total = sum(result.get("wall_seconds", 0.0) for _, _, result in rows)
-    lines += ["", f"All runs together: {format_duration(total)}.", "", "## Commands", ""]
+    lines += ["", f"All runs together: {format_duration(total)}. Each row is the latest run of its benchmark "
+              "(kept in runs/NAME.json beside this file); `--only NAME` refreshes one row and keeps the others.",
+              "", "## Commands", ""]
     for bench, _, result in rows:
         if "command" in result:
-            lines.append(f"- `{bench.name}`: `{result['command']}`")
+            when = f" (run {result['finished']})" if result.get("finished") else ""
+            lines.append(f"- `{bench.name}`{when}: `{result['command']}`")
     plots = [(bench.name, result["plot"]) for bench, _, result in rows if result.get("plot")]
     if plots:
         lines += ["", "## Plots", ""] + [f"![{name}]({plot})" for name, plot in plots]
@@ -252,13 +382,14 @@ def main() -> int:
     if not args.dry_run:
         out.mkdir(parents=True, exist_ok=True)
 
-    rows = []
+    ran_now: dict[str, dict] = {}  # this invocation's results (a two-step benchmark checks its first step's)
     for bench in chosen:
         sources, unavailable = data_sources(bench, data_dir)
-        model = load_recipe_dict(bench.recipe)[0].get("model", "-") if bench.recipe in available_recipes() else "-"
+        if not unavailable and not args.dry_run:
+            unavailable = missing_first_step(bench, runs_dir, ran_now)
         if unavailable:
             print(f"[{bench.name}] not available: {unavailable}", flush=True)
-            rows.append((bench, model, {"status": f"not available: {unavailable}"}))
+            ran_now[bench.name] = {"status": f"not available: {unavailable}"}
             continue
         command = finetune_command(bench, sources, runs_dir / bench.name)
         if args.dry_run:
@@ -266,13 +397,16 @@ def main() -> int:
             continue
         result = run_benchmark(bench, sources, runs_dir, out)
         result["command"] = display_command(command, data_dir, args.data)
-        rows.append((bench, model, result))
+        result["finished"] = time.strftime("%Y-%m-%d %H:%M")
+        store_result(out, bench, result)
+        ran_now[bench.name] = result
     if args.dry_run:
         return 0
-    (out / "RESULTS.md").write_text(results_markdown(rows, Path(args.data)), encoding="utf-8")
-    (out / "MACHINE.md").write_text(machine_markdown(), encoding="utf-8")
-    print(f"wrote {out / 'RESULTS.md'} and {out / 'MACHINE.md'}")
-    return 0 if all(r["status"] == "ok" or r["status"].startswith("not available") for _, _, r in rows) else 1
+    rows = collect_rows(out, data_dir, args.data, runs_dir)  # every benchmark's latest result, not only these
+    atomic_write_text(out / "RESULTS.md", results_markdown(rows, Path(args.data)))
+    atomic_write_text(out / "MACHINE.md", machine_markdown())
+    print(f"wrote {out / 'RESULTS.md'} (rows refreshed now: {', '.join(ran_now) or 'none'}) and {out / 'MACHINE.md'}")
+    return 0 if all(r["status"] == "ok" or r["status"].startswith("not available") for r in ran_now.values()) else 1
 
 
 if __name__ == "__main__":

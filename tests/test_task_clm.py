@@ -240,7 +240,7 @@ def test_uniform_model_has_perplexity_exactly_the_vocabulary_size(tiny_gpt2, tmp
 def test_perplexity_weights_tokens_not_batches(tiny_gpt2):
     from datasets import Dataset
 
-    task = make_task(tiny_gpt2)
+    task = make_task(tiny_gpt2, [("task_options.generation_metrics", False)])  # MarkovLM cannot generate
     vocab = len(task.tokenizer)
     model = MarkovLM(vocab)
     raw = Dataset.from_dict({"prompt": ["a", "b c d e f"], "completion": [" one two three four five six", " x"]})

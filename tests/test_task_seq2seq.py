@@ -74,14 +74,14 @@ def make_task(recipe: str, overrides: list[tuple]):
 
 def test_parallel_line_files_pair_up_and_mismatches_name_both_files(tmp_path, tiny_bert):
     source = write_parallel(tmp_path, "train")
-    task = make_task("translate", [("model", str(tiny_bert))])
+    task = make_task("translate-encdec", [("model", str(tiny_bert))])
     ds = task.read_source(str(source), "train")
     assert ds[1] == {"source": PAIRS[1][0], "target": PAIRS[1][1], "references": [PAIRS[1][1]]}
     write_lines(tmp_path / "bad.en.gz", ["one", "two"])
     write_lines(tmp_path / "bad.de.gz", ["eins"])
     with pytest.raises(AdaptError, match=r"bad\.en\.gz has 2 lines but .*bad\.de\.gz has 1"):
         task.read_source(str(tmp_path / "bad.en.gz"), "train")
-    no_lang = make_task("translate", [("model", str(tiny_bert)), ("task_options", {})])
+    no_lang = make_task("translate-encdec", [("model", str(tiny_bert)), ("task_options", {})])
     with pytest.raises(AdaptError, match="source_lang and target_lang"):
         no_lang.read_source(str(source), "train")
 
@@ -100,7 +100,7 @@ def test_jsonl_lists_join_sources_and_keep_every_reference(tmp_path, tiny_bert):
 def test_labels_drop_cls_pad_to_minus_100_and_shift_to_decoder_inputs(tmp_path, tiny_bert):
     from transformers.models.encoder_decoder.modeling_encoder_decoder import shift_tokens_right
 
-    task = make_task("translate", [("model", str(tiny_bert)), ("task_options.source_prefix", "translate: ")])
+    task = make_task("translate-encdec", [("model", str(tiny_bert)), ("task_options.source_prefix", "translate: ")])
     tok = task.tokenizer
     raw = task.read_source(str(write_parallel(tmp_path, "train", PAIRS[:2])), "train")
     features = task.featurize(raw, "train")
@@ -120,7 +120,7 @@ def test_labels_drop_cls_pad_to_minus_100_and_shift_to_decoder_inputs(tmp_path, 
 
 
 def test_generated_length_counts_up_to_the_first_end_token(tmp_path, tiny_bert):
-    recipe = resolve_recipe("translate", [("model", str(tiny_bert))])
+    recipe = resolve_recipe("translate-encdec", [("model", str(tiny_bert))])
     task = get_task(recipe)
     task.load_tokenizer(str(tiny_bert))
     ids = task.decoder_token_ids
@@ -184,7 +184,7 @@ def test_translate_tiny_t5_end_to_end_with_line_files(tmp_path, tiny_t5, adapt_c
     train = write_parallel(tmp_path, "train")
     val = write_parallel(tmp_path, "val", PAIRS[:4])
     run = tmp_path / "run"
-    final = finetune(resolve_recipe("translate", [
+    final = finetune(resolve_recipe("translate-encdec", [
         ("model", str(tiny_t5)), ("data.train", str(train)), ("data.validation", str(val)), ("data.test", str(val)),
         ("train.max_steps", 3), ("train.batch_size", 4), ("output_dir", str(run)), ("tracking", []),
         ("task_options.source_prefix", "translate English to German: "), *GEN]))

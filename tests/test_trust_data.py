@@ -197,10 +197,12 @@ def test_empty_or_null_text_names_the_users_column_and_line(tmp_path):
 def test_continuous_scores_are_refused_as_a_regression_target(tmp_path):
     scores = ["5.0", "3.8", "0.0", "4.25", "1.6"]  # STS-B style similarity scores
     path = write_table(tmp_path / "stsb.tsv", [(f"s{i}", s) for i, s in enumerate(scores)])
-    message = refused(path, ("data.label_names", None))
+    # problem_type auto routes such a column to regression (tests/test_task_regression.py); single-label refuses it
+    message = refused(path, ("data.label_names", None), ("task_options.problem_type", "single_label_classification"))
     assert message.startswith(f"{path}: line 3: the label column 'label' holds continuous numbers (3.8 here; "
                               "5 distinct values from 0 to 5)")
     assert "regression target" in message and "class names or integer class ids" in message
+    assert "set task_options.problem_type=regression (or auto)" in message
 
 
 def test_label_names_other_than_the_recipes_say_how_to_set_them(tmp_path):
@@ -333,10 +335,12 @@ def test_a_legal_multi_line_review_is_read_with_one_note(tmp_path, capsys):
     (["joy", "anger", "joy | anger", "joy"], 4, "joy | anger"),
 ])
 def test_a_label_cell_listing_several_labels_is_refused_as_multi_label(tmp_path, labels, line, cell):
+    # under problem_type auto such a column is multi-label (tests/test_task_multilabel.py); single-label refuses it
     path = write_table(tmp_path / "g.csv", [(f"text {i}", label) for i, label in enumerate(labels)])
-    assert refused(path) == (f"{path}: line {line}: the label ('label') '{cell}' lists several labels, and "
-                             "multi-label classification is not supported yet (planned: issue 17); give each example "
-                             "exactly one label (or check data.columns.label)")
+    assert refused(path, ("task_options.problem_type", "single_label_classification")) == (
+        f"{path}: line {line}: the label ('label') '{cell}' lists several labels, but task_options.problem_type is "
+        "single_label_classification; set task_options.problem_type=multi_label_classification (or auto), or give "
+        "each example exactly one label (or check data.columns.label)")
 
 
 def test_delimiters_inside_single_labels_are_not_multi_label(tmp_path):
@@ -344,9 +348,10 @@ def test_delimiters_inside_single_labels_are_not_multi_label(tmp_path):
     assert read_labels(path, ("data.label_names", None)) == ["arts, culture", "science", "arts, culture"]
     listed = tmp_path / "l.jsonl"
     listed.write_text(json.dumps({"text": "a", "label": ["positive", "negative"]}) + "\n", encoding="utf-8")
-    assert refused(listed) == (f"{listed}: line 1: the label ('label') is a list [\"positive\", \"negative\"], and "
-                               "multi-label classification is not supported yet (planned: issue 17); give each "
-                               "example exactly one label (or check data.columns.label)")
+    assert refused(listed, ("task_options.problem_type", "single_label_classification")) == (
+        f"{listed}: line 1: the label ('label') is a list [\"positive\", \"negative\"], but task_options.problem_type "
+        "is single_label_classification; set task_options.problem_type=multi_label_classification (or auto), or "
+        "give each example exactly one label (or check data.columns.label)")
 
 
 def test_carving_names_the_source_and_count(tmp_path):

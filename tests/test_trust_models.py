@@ -392,7 +392,7 @@ def tiny_mbart(tmp_path) -> Path:
 
 
 def test_mbart_language_codes_reach_the_tokenizer_and_generation(tiny_mbart):
-    task = get_task(resolve_recipe("translate", [("model", str(tiny_mbart)), ("task_options.src_lang", "en_XX"),
+    task = get_task(resolve_recipe("translate-encdec", [("model", str(tiny_mbart)), ("task_options.src_lang", "en_XX"),
                                                  ("task_options.tgt_lang", "de_DE")]))
     tokenizer = task.load_tokenizer(str(tiny_mbart))
     en, de = tokenizer.convert_tokens_to_ids("en_XX"), tokenizer.convert_tokens_to_ids("de_DE")
@@ -404,7 +404,7 @@ def test_mbart_language_codes_reach_the_tokenizer_and_generation(tiny_mbart):
 
 
 def test_unknown_language_code_is_one_line(tiny_mbart):
-    task = get_task(resolve_recipe("translate", [("model", str(tiny_mbart)), ("task_options.tgt_lang", "xx_YY")]))
+    task = get_task(resolve_recipe("translate-encdec", [("model", str(tiny_mbart)), ("task_options.tgt_lang", "xx_YY")]))
     with pytest.raises(AdaptError, match=r"task_options.tgt_lang: 'xx_YY' is no language code of the tokenizer"):
         task.load_tokenizer(str(tiny_mbart))
 

@@ -242,7 +242,8 @@ def test_ner_run_on_own_data_scores_a_carved_validation_split(tmp_path, tiny_ber
 # ---- task metric names ---------------------------------------------------------------------------------------
 def scored(task_name: str, overrides=()) -> tuple[object, dict]:
     """(task, its real `score` output) on two hand-made examples."""
-    recipe = {"classification": "sentiment", "ner": "ner", "qa": "qa", "clm": "clm", "seq2seq": "summarize"}[task_name]
+    recipe = {"classification": "sentiment", "ner": "ner", "qa": "qa", "clm": "clm", "seq2seq": "summarize",
+              "mlm": "mlm"}[task_name]
     task = get_task(resolve_recipe(recipe, list(overrides)))
     if task_name == "classification":
         task.label_names = ["negative", "positive"]
@@ -254,7 +255,7 @@ def scored(task_name: str, overrides=()) -> tuple[object, dict]:
         second = {"text": [], "answer_start": []} if task.options.version_2_with_negative else {"text": ["Bergen"], "answer_start": [9]}
         raw = Dataset.from_dict({"id": ["a", "b"], "answers": [{"text": ["Oslo"], "answer_start": [0]}, second]})
         return task, task.score([{"answer": "Oslo"}, {"answer": ""}], raw)
-    if task_name == "clm":
+    if task_name in ("clm", "mlm"):
         return task, task.score([{"nll": 2.0, "tokens": 3}, {"nll": 1.0, "tokens": 2}], Dataset.from_dict({"x": [1, 2]}))
     predictions = [{"generated_text": "a cat sat", "generated_tokens": 3}, {"generated_text": "dogs", "generated_tokens": 1}]
     return task, task.score(predictions, Dataset.from_dict({"references": [["a cat sat"], ["dogs run"]]}))
@@ -262,11 +263,11 @@ def scored(task_name: str, overrides=()) -> tuple[object, dict]:
 
 @pytest.mark.parametrize("task_name,overrides", [
     ("classification", ()), ("ner", ()), ("qa", ()), ("qa", [("task_options.version_2_with_negative", True)]),
-    ("clm", ()), ("seq2seq", ()), ("seq2seq", [("train.metric_for_best", "bleu")]),
+    ("clm", ()), ("seq2seq", ()), ("seq2seq", [("train.metric_for_best", "bleu")]), ("mlm", ()),
 ])
 def test_declared_metric_names_are_what_score_reports(task_name, overrides):
     task, scores = scored(task_name, overrides)
-    assert set(TASKS) == {"classification", "ner", "qa", "clm", "seq2seq"}
+    assert set(TASKS) == {"classification", "ner", "qa", "clm", "seq2seq", "mlm"}
     assert task.default_metric in task.metric_names
     for name in task.metric_names:
         assert isinstance(scores[name], (int, float)), (name, scores)

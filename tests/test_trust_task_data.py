@@ -348,14 +348,14 @@ def test_seq2seq_several_reference_columns_score_together(tmp_path):
     rows = [{"src": "a b c", "ref1": "the cat sat on the mat", "ref2": "a cat was sitting on the mat"},
             {"src": "d e f", "ref1": "it rained all day long", "ref2": "rain fell the whole day"}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = make_task("translate", ("data.columns.text", "src"), ("data.columns.target", "ref1"),
+    task = make_task("translate-encdec", ("data.columns.text", "src"), ("data.columns.target", "ref1"),
                      ("data.columns.references", ["ref2"]), tokenizer=None)
     raw = task.read_source(str(path), "test")
     assert raw["references"] == [[r["ref1"], r["ref2"]] for r in rows]
     predictions = [{"generated_text": r["ref2"], "generated_tokens": 6} for r in rows]
     assert task.score(predictions, raw)["bleu"] == pytest.approx(100.0)
     with pytest.raises(AdaptError, match=r"no column 'ref3'"):
-        make_task("translate", ("data.columns.text", "src"), ("data.columns.target", "ref1"),
+        make_task("translate-encdec", ("data.columns.text", "src"), ("data.columns.target", "ref1"),
                   ("data.columns.references", ["ref3"]), tokenizer=None).read_source(str(path), "test")
 
 

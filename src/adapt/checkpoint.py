@@ -93,6 +93,12 @@ def save_main_state(folder: Path, weights: dict[str, torch.Tensor], optimizer, s
     tensors, meta = _optimizer_to_flat(optimizer)
     save_file(tensors, str(folder / "optimizer.safetensors"))
     (folder / "optimizer.json").write_text(json.dumps(meta))
+    save_loop_state(folder, scheduler, state)
+
+
+def save_loop_state(folder: Path, scheduler, state: dict) -> None:
+    """Scheduler and loop state alone (main process only): for FSDP runs, whose weights and optimizer state
+    every process writes (adapt.fsdp.ShardedWeights.save_checkpoint)."""
     (folder / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
     (folder / STATE_FILE).write_text(json.dumps(state, indent=2))
 
@@ -102,6 +108,11 @@ def load_state(folder: Path, weights, optimizer, scheduler) -> dict:
     weights.load(folder / "model.safetensors")
     optimizer.load_state_dict(_optimizer_from_flat(load_file(str(folder / "optimizer.safetensors")),
                                                    json.loads((folder / "optimizer.json").read_text())))
+    return load_loop_state(folder, scheduler)
+
+
+def load_loop_state(folder: Path, scheduler) -> dict:
+    """Restore the scheduler and return the loop state that save_loop_state wrote."""
     scheduler.load_state_dict(json.loads((folder / "scheduler.json").read_text()))
     return json.loads((folder / STATE_FILE).read_text())
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import sys
-from collections.abc import Iterator
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -58,6 +56,7 @@ def finetune(
     resume: Annotated[bool, typer.Option("--resume", help="Continue exactly where the run in --output-dir stopped (its last complete checkpoint).")] = False,
     resume_from: Annotated[Optional[str], typer.Option(help="Continue from this checkpoint folder (e.g. runs/x/checkpoints/step-200).")] = None,
     num_processes: Annotated[int, typer.Option(help="Train on N processes (relaunches itself with `accelerate launch`).")] = 1,
+    push_to_hub: Annotated[Optional[str], typer.Option("--push-to-hub", help="Upload the finished run folder (weights, tokenizer, model card) to this Hugging Face Hub repository, e.g. USER/NAME; checked before training.")] = None,
 ) -> None:
     """Fine-tune a pretrained model with a recipe."""
     from adapt.recipe import resolve_with_flags
@@ -70,6 +69,11 @@ def finetune(
     from adapt.preflight import check_recipe
 
     check_recipe(resolved)  # before any data is read; the loop repeats it with the model checks (preflight.check_run)
+    target = None
+    if push_to_hub:  # the Hub is checked (reachable, logged in) before any training, not after it
+        from adapt.hub import check_push_target
+
+        target = check_push_target(push_to_hub)
     if num_processes > 1:
         from adapt.launch import relaunch
 
@@ -81,6 +85,14 @@ def finetune(
     except Interrupted as stop:
         print(str(stop), file=sys.stderr)
         raise typer.Exit(130) from None
+    if target is not None:
+        from pathlib import Path
+
+        from adapt.hub import push_run
+
+        url = push_run(target, Path(resolved.output_dir))
+        if url:
+            print(f"uploaded {resolved.output_dir} to {url}", file=sys.stderr)
 
 
 @app.command()
@@ -101,7 +113,7 @@ def predict(
     from pathlib import Path
 
     from adapt import data
-    from adapt.runner import load_trained, predict_stream
+    from adapt.runner import finite_records, json_value, load_trained, predict_stream
     from adapt.ui import console, prediction_table
 
     if output_format not in ("jsonl", "table"):
@@ -122,54 +134,69 @@ def predict(
     else:
         lines = data.text_lines(Path(file)) if file else data.decoded_lines(sys.stdin.buffer, "stdin")
         inputs = (line for _, line in lines if line.strip())
-    records = _finite(predict_stream(task, loaded, inputs, batch_size), model)
+    records = finite_records(predict_stream(task, loaded, inputs, batch_size), model)
     if output_format == "table":
         console.print(prediction_table(list(records)))
     elif output_format == "jsonl":
         for record in records:
-            sys.stdout.write(json.dumps(record, ensure_ascii=False, default=_plain, allow_nan=False) + "\n")
-
-
-def _finite(records: Iterator[dict], model: str) -> Iterator[dict]:
-    """The prediction records, refusing one that holds a NaN/inf number (a score JSON cannot carry).
-
-    Raises:
-        AdaptError: naming the model folder, the input's number and the field."""
-    def bad(value) -> bool:
-        if isinstance(value, dict):
-            return any(bad(v) for v in value.values())
-        if isinstance(value, (list, tuple)):
-            return any(bad(v) for v in value)
-        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a numpy/torch scalar
-            value = value.item()
-        return isinstance(value, float) and not math.isfinite(value)
-
-    for number, record in enumerate(records, start=1):
-        field = next((key for key, value in record.items() if key != "input" and bad(value)), None)
-        if field is not None:
-            raise AdaptError(f"{model}: input {number} got a non-finite '{field}' ({record[field]!r}); the model's "
-                             "weights or outputs hold NaN/inf: retrain it (or use an earlier checkpoint)")
-        yield record
-
-
-def _plain(value: Any):
-    return value.item() if hasattr(value, "item") else str(value)
+            sys.stdout.write(json.dumps(record, ensure_ascii=False, default=json_value, allow_nan=False) + "\n")
 
 
 @app.command()
 @user_errors
 def export(
-    model: Annotated[str, typer.Option(help="A LoRA/peft run folder written by `adapt finetune`.")],
-    output: Annotated[str, typer.Option(help="Folder for the exported checkpoint.")],
+    run: Annotated[Optional[str], typer.Argument(help="The run folder to export (same as --model).", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="A run folder written by `adapt finetune` (a LoRA/peft run for --merge).")] = None,
+    output: Annotated[Optional[str], typer.Option(help="Folder for the exported checkpoint (--format onnx: default <run>-onnx beside the run).")] = None,
     merge: Annotated[bool, typer.Option("--merge", help="Fold the adapter into the base weights (a plain transformers checkpoint).")] = False,
+    export_format: Annotated[Optional[str], typer.Option("--format", help="onnx: model.onnx (dynamic batch/sequence axes) + config + tokenizer, checked against PyTorch with onnxruntime.")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a non-empty output folder.")] = False,
 ) -> None:
-    """Export a fine-tuned adapter; with --merge, as a plain merged checkpoint."""
+    """Export a fine-tuned run: --merge (a LoRA adapter folded into a plain checkpoint) or --format onnx."""
+    if run and model and run != model:
+        raise AdaptError(f"two run folders given ({run} and --model {model}); give one")
+    folder = run or model
+    if not folder:
+        raise AdaptError("give the run folder to export: adapt export RUN_DIR (or --model RUN_DIR)")
+    if export_format is not None:
+        if export_format != "onnx":
+            raise AdaptError(f"--format must be onnx, not '{export_format}' (--merge writes a safetensors checkpoint)")
+        if merge:
+            raise AdaptError("--merge and --format onnx exclude each other; ONNX export merges a LoRA adapter itself")
+        from adapt.export_onnx import export_onnx, summary
+
+        print(summary(export_onnx(folder, output, overwrite)))
+        return
     if not merge:
-        raise AdaptError("only merged export exists: pass --merge (the run folder itself is already a loadable adapter)")
+        raise AdaptError("pass --merge (fold a LoRA adapter into a plain checkpoint) or --format onnx")
+    if output is None:
+        raise AdaptError("--merge needs --output DIR, the folder for the merged checkpoint")
     from adapt.runner import merge_adapter
 
-    print(f"merged checkpoint written to {merge_adapter(model, output, overwrite)}")
+    print(f"merged checkpoint written to {merge_adapter(folder, output, overwrite)}")
+
+
+@app.command()
+@user_errors
+def serve(
+    model: Annotated[str, typer.Option(help="A model folder written by `adapt finetune` (or a Hugging Face folder with --recipe).")],
+    host: Annotated[str, typer.Option(help="Address to listen on; the default is reachable from this machine only.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port to listen on.")] = 8000,
+    recipe: Annotated[Optional[str], typer.Option(help="Recipe naming the task of a folder without recipe.yaml (e.g. clm-instruct for embedded SmolLM2).")] = None,
+    overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Task option override key=value (e.g. task_options.max_new_tokens=64), as in `adapt predict`.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Model name clients send in the OpenAI `model` field (default: the folder's name).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Inputs per forward pass, as in `adapt predict`.")] = 64,
+    max_batch: Annotated[int, typer.Option(min=1, help="Inputs of concurrent /predict requests merged into one model call.")] = 64,
+    max_inputs: Annotated[int, typer.Option(min=1, help="Inputs (or prompts) one request may send.")] = 64,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body, in bytes.")] = 1_000_000,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Largest max_tokens a generation request may ask for.")] = 1024,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Run model code shipped in the model folder.")] = False,
+) -> None:
+    """Serve a fine-tuned model over HTTP: /predict, and OpenAI-compatible /v1 endpoints for language models."""
+    from adapt.serve import Limits, serve as run
+
+    limits = Limits(max_body_bytes=max_body_bytes, max_inputs=max_inputs, max_new_tokens=max_tokens, max_batch=max_batch)
+    run(model, host, port, recipe, list(overrides or []), name, trust_remote_code, limits, batch_size)
 
 
 @recipes_app.callback()

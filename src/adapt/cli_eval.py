@@ -11,18 +11,26 @@ from adapt.errors import AdaptError
 
 
 def _model_report(model: str, data: Optional[str], recipe: Optional[str], overrides: list[str],
-                  trust_remote_code: bool = False) -> dict:
+                  trust_remote_code: bool = False, modules: dict | None = None) -> dict:
     from adapt.runner import evaluate_model  # written with the task modules; imported only when used
 
     result = evaluate_model(model, data, recipe, overrides, trust_remote_code)
     # the scores go to the table and --json; the per-example rows only to --output
-    return {"scores": {"model": result["metrics"]}, "notes": [f"evaluated on {result['data']}"],
-            "examples": result["predictions"]}
+    report = {"scores": {"model": result["metrics"]}, "notes": [f"evaluated on {result['data']}"],
+              "examples": result["predictions"]}
+    if modules:
+        from adapt.scoring import score_module_rows
+
+        for ref, module in modules.items():  # evaluate modules on the same predictions
+            name, scores = score_module_rows(module, ref, result["predictions"], f"{model} on {result['data']}",
+                                             result.get("label_names"))
+            report["scores"][name] = scores
+    return report
 
 
 def eval_command(
     settings: Annotated[Optional[list[str]], typer.Argument(help="Recipe overrides as key=value for --model, e.g. data.max_eval_examples=50 (same as --set).", show_default=False)] = None,
-    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="Metric to compute; repeat for several: accuracy, f1, precision, recall, matthews, seqeval, squad, squad_v2, bleu, chrf, rouge, perplexity.")] = None,
+    metric: Annotated[Optional[list[str]], typer.Option("--metric", "-m", help="Metric to compute; repeat for several: accuracy, f1, precision, recall, matthews, seqeval, squad, squad_v2, bleu, chrf, rouge, perplexity; or an `evaluate` metric module: a local script/folder (./my_metric.py), or a Hub id when online.")] = None,
     predictions: Annotated[Optional[str], typer.Option("--predictions", "-p", help="Prediction file: one prediction per line, or .jsonl: a run's predictions_validation.jsonl (its 'prediction' field is read, never the gold 'label'/'tags'), `adapt predict` output (label / tags / generated_text), text, or id+prediction_text.")] = None,
     references: Annotated[Optional[list[str]], typer.Option("--references", "-r", help="Reference file aligned with the predictions; repeat for several references (BLEU/chrF streams, SQuAD gold answers).")] = None,
     ci: Annotated[Optional[float], typer.Option("--ci", help="Add a bootstrap confidence interval at this level, e.g. 0.95.")] = None,
@@ -64,9 +72,12 @@ def eval_command(
         report = scoring.score_perplexity(model, text_file, max_length, stride or max(1, max_length // 2), batch_size,
                                           trust_remote_code)
     elif model is not None:
-        if metrics:
-            raise AdaptError("with --model the recipe's task picks the metrics; --metric only takes perplexity here")
-        report = _model_report(model, data, recipe, list(overrides or []), trust_remote_code)
+        builtin = [m for m in metrics if m in scoring.METRICS]
+        if builtin:
+            raise AdaptError(f"with --model the recipe's task picks the built-in metrics ('{builtin[0]}' is one); "
+                             "--metric takes perplexity or an evaluate module (./my_metric.py) here")
+        modules = {ref: scoring.load_metric_module(ref) for ref in metrics}  # before the model loads
+        report = _model_report(model, data, recipe, list(overrides or []), trust_remote_code, modules)
     elif predictions is None:
         raise AdaptError("give --predictions FILE and --references FILE (or --model DIR)")
     else:

@@ -428,9 +428,14 @@ def _read_parquet(path: Path, compression: str) -> Dataset:
     return Dataset.from_pandas(table.to_pandas(), preserve_index=False)
 
 
-def read_table(path: Path) -> Dataset:
+def read_table(path: Path, delimiter: str | None = None, header_names: list[str] | None = None) -> Dataset:
     """A local tabular file (CSV, TSV, JSON list, JSON Lines, Parquet; optionally .gz/.bz2/.xz) as a Dataset,
     one row per example, every column as stored (CSV/TSV cells stay strings).
+
+    CSV/TSV layout (recipe data.delimiter, data.header_names): `delimiter` "\t" reads the file as TSV (unquoted)
+    and "," as CSV whatever its suffix (STS-B ships tab-separated `.csv` files); `header_names` names the fields
+    of a file without a header line, in order: its first line is data, and fields after the last named one
+    are ignored (STS-B's optional licence fields), while a line with fewer fields is refused.
 
     Raises:
         AdaptError: anything wrong with the file, in one line naming the file and, where known, the physical
@@ -444,6 +449,11 @@ def read_table(path: Path) -> Dataset:
             return _read_parquet(path, compression)
         text = read_text(path)
         if kind in (".csv", ".tsv"):
+            kind = {"\t": ".tsv", ",": ".csv"}.get(delimiter or "", kind)
+            if delimiter or header_names:  # row_location must count lines the same way
+                _TABLE_LAYOUTS[str(path.resolve())] = (kind, header_names is None)
+            if header_names:
+                return _read_headerless(path, kind, text, header_names)
             return _read_csv(path, kind, text)
         if not text.strip():
             raise AdaptError(f"{path}: the file is empty; it needs at least one example (one JSON object per line)")
@@ -456,6 +466,33 @@ def read_table(path: Path) -> Dataset:
         reason = str(err).splitlines()[0][:200] if str(err) else ""
         raise AdaptError(f"{path}: cannot be read as {kind[1:].upper()} ({type(err).__name__}: {reason}); "
                          "check that the file is complete and of the type its name says") from err
+
+
+# CSV/TSV files read with data.delimiter / data.header_names: resolved path -> (kind read as, has a header line)
+_TABLE_LAYOUTS: dict[str, tuple[str, bool]] = {}
+
+
+def _read_headerless(path: Path, kind: str, text: str, names: list[str]) -> Dataset:
+    """Records of a CSV/TSV file without a header line as columns `names` (see `read_table`).
+
+    Raises:
+        AdaptError: duplicate names, an empty file, or a line with fewer fields than names (naming it)."""
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise AdaptError(f"data.header_names names column '{duplicates[0]}' twice; give each field its own name")
+    columns: list[list[str]] = [[] for _ in names]
+    for line, row in _csv_records(path, text, kind):
+        if len(row) < len(names):
+            hint = _delimiter_hint(path, kind, text) if not columns[0] else None
+            raise AdaptError(f"{path}: line {line} has {len(row)} field{'s' if len(row) != 1 else ''} but "
+                             f"data.header_names names {len(names)}"
+                             + (f" ({hint.split(': ', 1)[1].split(';')[0]}; set data.delimiter)" if hint else "")
+                             + "; fix that line or data.header_names")
+        for column, value in zip(columns, row):
+            column.append(value)
+    if not columns[0]:
+        raise AdaptError(f"{path}: the file is empty; it needs at least one example")
+    return Dataset.from_dict(dict(zip(names, columns)))
 
 
 def row_location(source: str, index: int) -> str:
@@ -471,22 +508,26 @@ def row_location(source: str, index: int) -> str:
     except OSError:
         stat = None
     if stat is not None:
-        lines = _row_lines(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+        layout = _TABLE_LAYOUTS.get(str(path.resolve()))
+        lines = _row_lines(str(path.resolve()), stat.st_size, stat.st_mtime_ns, *(layout or (None, True)))
         if lines is not None and 0 <= index < len(lines):
             return f"line {lines[index]}"
     return f"record {index + 1}"
 
 
 @functools.lru_cache(maxsize=8)
-def _row_lines(path_text: str, size: int, mtime_ns: int) -> tuple[int, ...] | None:
+def _row_lines(path_text: str, size: int, mtime_ns: int, read_as: str | None = None,
+               header: bool = True) -> tuple[int, ...] | None:
     """The starting physical line of every row of a local table file (None where lines are unknowable).
-    `size` and `mtime_ns` only key the cache."""
+    `size` and `mtime_ns` only key the cache; `read_as` (.csv/.tsv) and `header` say how a CSV/TSV file was read
+    (data.delimiter, data.header_names)."""
     path = Path(path_text)
     kind, _ = split_suffix(path)
     try:
         if kind in (".csv", ".tsv"):
-            records = _csv_records(path, read_text(path), kind)
-            next(records, None)  # the header
+            records = _csv_records(path, read_text(path), read_as or kind)
+            if header:
+                next(records, None)  # the header
             return tuple(line for line, _ in records)
         if kind not in (".json", ".jsonl"):
             return None
@@ -526,8 +567,60 @@ def _json_list_lines(text: str) -> tuple[int, ...]:
         pos = end
 
 
+def read_parallel_lines(source_path: Path, source_lang: str | None, target_lang: str | None,
+                        source_column: str, target_column: str) -> Dataset:
+    """A parallel corpus in two plain line files: line i of `source_path` pairs with line i of the target file,
+    whose name swaps the language suffix (train.en.gz -> train.de.gz, as Multi30k and WMT ship them).
+    Returns the columns `source_column` and `target_column` (one row per line pair).
+
+    Raises:
+        AdaptError: no languages given, no `.source_lang` suffix in the file name, a missing target file, or
+            files with different line counts.
+    """
+    if not (source_lang and target_lang):
+        raise AdaptError(f"{source_path}: plain line files need task_options.source_lang and target_lang "
+                         f"(e.g. en and de) to find the parallel target file; or give a CSV/JSONL file")
+    suffix = re.compile(rf"\.{re.escape(source_lang)}(?=\.|$)")
+    matches = list(suffix.finditer(source_path.name))
+    if not matches:
+        raise AdaptError(f"{source_path}: the file name has no '.{source_lang}' language suffix "
+                         f"(task_options.source_lang); name it like train.{source_lang}.gz")
+    last = matches[-1]
+    target_path = source_path.with_name(
+        source_path.name[:last.start()] + f".{target_lang}" + source_path.name[last.end():])
+    sources = read_text(source_path).splitlines()
+    targets = read_text(target_path).splitlines()
+    if len(sources) != len(targets):
+        raise AdaptError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}; "
+                         "parallel files need one translation per line")
+    return Dataset.from_dict({source_column: sources, target_column: targets})
+
+
 def is_local(ref: str) -> bool:
     return Path(ref).exists() or any(s in TABLE_SUFFIXES for s in Path(ref).suffixes) or "/" in ref and ref.startswith((".", "/", "~"))
+
+
+def is_plain_text_file(ref: str) -> bool:
+    """A local file that is not a table (by suffix): plain text, which the language-modelling tasks read."""
+    return is_local(ref) and split_suffix(Path(ref))[0] not in TABLE_SUFFIXES
+
+
+def split_passages(text: str, min_chars: int) -> list[str]:
+    """Cut text into passages of at least `min_chars` characters (the last may be shorter): after blank lines,
+    or, in a text without blank lines (one sentence or document per line, as Penn Treebank files), after
+    any line. The passages are exact substrings: joined, they give the text back."""
+    lines = text.splitlines(keepends=True)
+    blank_separated = any(not line.strip() for line in lines[:-1])
+    passages, current, size = [], [], 0
+    for line in lines:
+        current.append(line)
+        size += len(line)
+        if size >= min_chars and (not line.strip() or not blank_separated):
+            passages.append("".join(current))
+            current, size = [], 0
+    if current:
+        passages.append("".join(current))
+    return passages
 
 
 def load_hub_split(ref: str, config: str | None, split: str) -> Dataset:
@@ -681,11 +774,15 @@ def cached_map(key_parts: list[str], build: Callable[[], Dataset], enabled: bool
 
 
 def token_ids(features: Dataset, extra: list[int] = ()) -> "torch.Tensor":
-    """The sorted distinct token ids of the features' `input_ids`, plus `extra` (e.g. special tokens)."""
+    """The sorted distinct token ids of the features' `input_ids` (and other `*_input_ids` columns), plus `extra`
+    (e.g. special tokens)."""
     import numpy as np
     import pyarrow.compute as pc
     import torch
 
-    column = features.with_format("arrow")["input_ids"]  # honours a selection's index mapping
-    ids = pc.unique(pc.list_flatten(column)).to_numpy(zero_copy_only=False)
+    # every token-id column (`input_ids`, and e.g. DPO's `rejected_input_ids`); the arrow view honours a selection
+    columns = [c for c in features.column_names if c == "input_ids" or c.endswith("_input_ids")]
+    table = features.with_format("arrow")
+    ids = np.unique(np.concatenate([pc.unique(pc.list_flatten(table[c])).to_numpy(zero_copy_only=False)
+                                    for c in columns]))
     return torch.from_numpy(np.union1d(ids, np.asarray(list(extra), dtype=ids.dtype)).astype(np.int64))

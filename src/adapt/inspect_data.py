@@ -67,6 +67,11 @@ def entity_counts(tag_rows: list[list]) -> Counter:
 
 
 def label_distribution(ds: Dataset) -> dict[str, int] | None:
+    if "label" in ds.column_names and isinstance(ds[0]["label"], float):
+        return None  # regression targets: scores, not classes to count
+    if "label" in ds.column_names and isinstance(ds[0]["label"], list) and all(
+            isinstance(v, str) for labels in ds["label"][:50] for v in labels):  # multi-label: each label counted
+        return dict(Counter(v for labels in ds["label"][:] for v in labels).most_common())
     if "label" in ds.column_names and not isinstance(ds[0]["label"], (list, dict)):
         return dict(Counter(str(v) for v in ds["label"][:]).most_common())
     if "tags" in ds.column_names and isinstance(ds[0]["tags"], list):

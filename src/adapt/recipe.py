@@ -65,6 +65,10 @@ class DataConfig(Strict):
     label_names: list[str] | None = Field(
         None, description="names for integer labels 0..N-1 (e.g. [negative, positive])"
     )
+    delimiter: Literal[",", "\t"] | None = Field(
+        None, description="field separator of CSV/TSV data files; default by suffix (.csv comma, .tsv tab)")
+    header_names: list[str] | None = Field(
+        None, description="CSV/TSV files without a header line: their field names in order (later fields ignored)")
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)

@@ -50,9 +50,9 @@ def is_adapt_run(folder: Path) -> bool:
 
 
 def is_adapt_export(folder: Path) -> bool:
-    """True when `folder` holds what `adapt export --merge` writes: a model (config.json and safetensors
-    weights) with adapt's recipe.yaml (a mapping with `task` and `model`) beside it."""
-    return ((folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+    """True when `folder` holds what `adapt export --merge` or `--format onnx` writes: a model (config.json and
+    safetensors weights, or model.onnx) with adapt's recipe.yaml (a mapping with `task` and `model`) beside it."""
+    return ((folder / "config.json").is_file() and (any(folder.glob("*.safetensors")) or (folder / "model.onnx").is_file())
             and (folder / "recipe.yaml").is_file() and _has_adapt_recipe(folder))
 
 

@@ -3,6 +3,7 @@ it (an adapter run merged into a plain checkpoint)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -95,6 +96,34 @@ def predict_stream(task: Task, model, inputs: Iterable[str], batch_size: int = 6
         yield from flush()
 
 
+def finite_records(records: Iterator[dict], model: str) -> Iterator[dict]:
+    """The prediction records of `predict_stream`, refusing one that holds a NaN/inf number (a score JSON cannot
+    carry); `adapt predict` and `adapt serve` both pass their records through it.
+
+    Raises:
+        AdaptError: naming the model folder, the input's number (1-based) and the field."""
+    def bad(value) -> bool:
+        if isinstance(value, dict):
+            return any(bad(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return any(bad(v) for v in value)
+        if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a numpy/torch scalar
+            value = value.item()
+        return isinstance(value, float) and not math.isfinite(value)
+
+    for number, record in enumerate(records, start=1):
+        field = next((key for key, value in record.items() if key != "input" and bad(value)), None)
+        if field is not None:
+            raise AdaptError(f"{model}: input {number} got a non-finite '{field}' ({record[field]!r}); the model's "
+                             "weights or outputs hold NaN/inf: retrain it (or use an earlier checkpoint)")
+        yield record
+
+
+def json_value(value: Any):
+    """`json.dumps(..., default=json_value)`: numpy/torch scalars as Python numbers, anything else as its str."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
 def evaluate_model(model_dir: str, data: str | None, recipe: str | None, overrides: list[str],
                    trust_remote_code: bool = False) -> dict:
     """Score a trained model on a labelled data file/Hub split with its task's metrics (remote code only with
@@ -116,7 +145,8 @@ def evaluate_model(model_dir: str, data: str | None, recipe: str | None, overrid
     accelerator = make_accelerator()
     model = model.to(accelerator.device)
     metrics, predictions = evaluate(task, model, features, raw, accelerator, task.recipe.train.eval_batch_size)
-    return {"metrics": metrics, "predictions": task.example_predictions(predictions, raw), "data": source}
+    return {"metrics": metrics, "predictions": task.example_predictions(predictions, raw), "data": source,
+            "label_names": getattr(task, "label_names", None)}  # id order, for evaluate modules taking label ids
 
 
 def check_export_target(run_dir: Path, target: Path, overwrite: bool) -> None:

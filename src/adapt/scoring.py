@@ -320,9 +320,9 @@ def score_files(
     and --tokenize/--target-lang without BLEU."""
     if not metrics:
         raise AdaptError(f"give at least one --metric: {', '.join(METRICS)}, perplexity")
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise AdaptError(f"unknown metric '{unknown[0]}'; known metrics: {', '.join(METRICS)}, perplexity")
+    modules = [m for m in metrics if m not in METRICS]  # evaluate modules: local scripts, or Hub ids
+    if modules and (ci is not None or compare is not None):
+        raise AdaptError(f"--ci and --compare apply to built-in metrics only; drop them for '{modules[0]}'")
     if ci is not None and not 0 < ci < 1:
         raise AdaptError(f"--ci must be between 0 and 1 (e.g. 0.95), got {ci}")
     if (tokenize is not None or target_lang) and "bleu" not in metrics:
@@ -330,6 +330,10 @@ def score_files(
     report: dict = {"scores": {}, "notes": []}
     examples = None
     for metric in metrics:
+        if metric in modules:
+            name, scores, examples = score_module_files(metric, predictions, references)
+            report["scores"][name] = scores
+            continue
         examples = read_examples(METRICS[metric][0], predictions, references)
         bleu_tokens = None
         if metric == "bleu":
@@ -357,6 +361,82 @@ def score_files(
         for i, p, r in zip(examples.ids, examples.predictions, examples.references)
     ]
     return report
+
+
+def _module_values(path: str, fields: tuple[str, ...], side: str) -> list[tuple[int, object]]:
+    """(line number, value) per example of a file for an evaluate module: a plain line, or the first of `fields`
+    a JSONL row holds."""
+    if not path.endswith(".jsonl"):
+        return _records(path)
+    values = []
+    for n, record in _jsonl(path):
+        key = next((k for k in fields if k in record), None)
+        if key is None:
+            raise AdaptError(f"{path} line {n}: no {side} field ({', '.join(fields)}); the row has: "
+                             f"{', '.join(map(str, record)) or 'no fields'}")
+        values.append((n, record[key]))
+    return values
+
+
+def score_module_files(ref: str, predictions: str, references: list[str]) -> tuple[str, dict, Examples]:
+    """(name, scores, examples) of the `evaluate` module `ref` (adapt.metrics.evaluate_module: a local script or
+    folder, or a Hub id) on a prediction file and its reference file(s): lines or JSONL fields (the prediction side
+    of a run's predictions file, `adapt predict` output; the gold side for references), cast to the module's
+    features; several reference files give each example a list of references.
+
+    Raises:
+        AdaptError: an unloadable module, unreadable or misaligned files, values the module's features do not
+            take, or the module's own error."""
+    from adapt.metrics import evaluate_module
+
+    module = load_metric_module(ref)
+    if not references:
+        raise AdaptError("give the reference file(s) with --references")
+    preds = _module_values(predictions, evaluate_module.PREDICTION_FIELDS, "prediction")
+    streams = [_module_values(path, evaluate_module.REFERENCE_FIELDS, "reference") for path in references]
+    _check_lengths(predictions, len(preds), references, [len(s) for s in streams])
+    lists = len(references) > 1 or any(isinstance(v, (list, dict)) for _, v in streams[0])
+    predict_feature, reference_feature = evaluate_module.input_features(module, lists)
+    tokens = evaluate_module.is_sequence(predict_feature)  # token-level (tag) metrics: a plain line is its tags
+    casted = [evaluate_module.cast(value, predict_feature, f"{predictions} line {n}", split_text=tokens)
+              for n, value in preds]
+    golds = []
+    for i in range(len(preds)):
+        row = [(path, stream[i]) for path, stream in zip(references, streams)]
+        value = [v for _, (_, v) in row] if len(row) > 1 else row[0][1][1]
+        golds.append(evaluate_module.cast(value, reference_feature, f"{row[0][0]} line {row[0][1][0]}",
+                                          split_text=tokens))
+    scores = evaluate_module.compute(module, ref, casted, golds)
+    examples = Examples([str(i) for i in range(1, len(preds) + 1)], casted,
+                        [g if isinstance(g, list) and not tokens else [g] for g in golds])
+    return evaluate_module.display_name(ref), scores, examples
+
+
+def load_metric_module(ref: str):
+    """The `evaluate` module `ref` names (adapt.metrics.evaluate_module.load_module), for a name that is not one
+    of adapt's built-in metrics.
+
+    Raises:
+        AdaptError: see `load_module` (bad script, unreachable Hub)."""
+    from adapt.metrics import evaluate_module
+
+    return evaluate_module.load_module(ref, (*METRICS, "perplexity"))
+
+
+def score_module_rows(module, ref: str, rows: list[dict], where: str, label_names: list[str] | None = None
+                      ) -> tuple[str, dict]:
+    """(name, scores) of the loaded `evaluate` module `module` (named `ref` on the command line) on a model's
+    per-example rows (`adapt eval --model`): the mapping per task is adapt.metrics.evaluate_module's
+    (`examples_from_rows`); `label_names` (the model's id2label order) turn label names into ids for modules whose
+    features take integers.
+
+    Raises:
+        AdaptError: rows without predictions (plain-text clm evaluation), values the module's features do not
+            take, or the module's own error."""
+    from adapt.metrics import evaluate_module
+
+    predictions, references = evaluate_module.examples_from_rows(rows, module, where, label_names)
+    return evaluate_module.display_name(ref), evaluate_module.compute(module, ref, predictions, references)
 
 
 def perplexity_model(model_dir: str, max_length: int, trust_remote_code: bool = False):

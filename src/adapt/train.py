@@ -22,7 +22,7 @@ from accelerate.state import AcceleratorState
 from accelerate.utils import gather_object, set_seed
 from datasets import Dataset
 
-from adapt import assets, batching, checkpoint, data, outputs, preflight, rundir, speed
+from adapt import assets, batching, checkpoint, data, fsdp, outputs, preflight, rundir, speed
 from adapt.errors import AdaptError
 from adapt.recipe import Recipe, recipe_to_yaml
 from adapt.tasks import get_task
@@ -72,6 +72,15 @@ class InterruptFlag:
             signal.signal(handled, previous)
 
 
+def agreed_signal(received: int | None, accelerator: Accelerator) -> int | None:
+    """The interrupting signal any process has received (the highest number if several), on every process, so
+    that all stop at the same step and save one checkpoint together: a launcher forwards a scheduler's signal
+    to each process separately, and they may get it in different steps. One small all-reduce."""
+    flag = torch.tensor([received or 0], device=accelerator.device)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag) or None
+
+
 @dataclass
 class LoopState:
     """Everything besides weights/optimizer/RNG that a resumed run needs to continue exactly."""
@@ -96,20 +105,30 @@ def make_accelerator(recipe: Recipe | None = None, output_dir: Path | None = Non
     multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if recipe is None:
         return Accelerator(cpu=multi_cpu)
+    if not torch.cuda.is_available():
+        fsdp.refuse_deepspeed_without_gpu()
     mode = speed.autocast_mode(speed.mixed_precision_mode(recipe.train))
-    return Accelerator(mixed_precision=mode, cpu=multi_cpu,
-                       log_with=recipe.tracking or None, project_dir=str(output_dir))
+    from adapt import tracking
+
+    accelerator = Accelerator(mixed_precision=mode, cpu=multi_cpu,
+                              log_with=tracking.log_with(recipe, output_dir), project_dir=str(output_dir))
+    if multi_cpu:  # the Accelerate config's FSDP2, which Accelerate itself enables only on GPUs
+        fsdp.enable_on_cpu(accelerator)
+    return accelerator
 
 
-def run_description(recipe: Recipe, raw: dict[str, Dataset], world: int) -> dict[str, Any]:
+def run_description(recipe: Recipe, raw: dict[str, Dataset], world: int, sharding: str | None = None) -> dict[str, Any]:
     """What decides a run's weights, recorded in each checkpoint and compared on --resume: the recipe's
     trajectory settings (batch size and gradient accumulation among them; see rundir.SAFE_TO_CHANGE for
-    what may change), the content fingerprints of the train and validation data, and the process count."""
+    what may change), the content fingerprints of the train and validation data, the process count and the
+    sharding (adapt.fsdp.description; recorded only for sharded runs)."""
     described = rundir.trajectory_settings(recipe)
     for role in ("train", "validation"):
         if role in raw:
             described[f"{role} data fingerprint"] = raw[role]._fingerprint
     described["processes"] = world
+    if sharding:
+        described["sharding"] = sharding
     return described
 
 
@@ -158,7 +177,8 @@ def build_training_model(task: Task, model_path: str, recipe: Recipe):
     """The model a run trains: pretrained weights with the speed layer's patches for its family, LoRA (or
     another peft method) if the recipe asks, gradient checkpointing if asked."""
     model = task.build_model(model_path)
-    check_finite_weights(model, recipe.model)  # a damaged checkpoint, not a diverged run: before any write
+    if not any(p.is_meta for p in model.parameters()):  # FSDP's cpu_ram_efficient_loading: see fsdp.materialize
+        check_finite_weights(model, recipe.model)  # a damaged checkpoint, not a diverged run: before any write
     model = speed.prepare_model(model, task, recipe.train)
     if recipe.peft:
         from adapt.lora import wrap_with_peft
@@ -175,10 +195,17 @@ def prepare_optimization(model, task: Task, recipe: Recipe, features: dict[str, 
     rate schedule): the training set-up that `adapt finetune` and `adapt estimate` share. Masters are made where
     the model lives, so the optimizer state is created on the device too."""
     precision = speed.mixed_precision_mode(recipe.train)
-    optimization = speed.optimization(model.to(accelerator.device), recipe, precision, features["train"],
+    sharded = fsdp.enabled(accelerator)
+    optimization = speed.optimization(fsdp.materialize(model, accelerator.device), recipe, precision,
+                                      features["train"] if task.inputs_from_features else None,
                                       task.tokenizer.all_special_ids)
     scheduler = linear_schedule(optimization.optimizer, int(recipe.train.warmup_ratio * total_steps), total_steps)
+    if sharded:
+        fsdp.choose_layers(model, accelerator)
     model, optimization.optimizer = accelerator.prepare(model, optimization.optimizer)
+    if sharded:  # fully_shard replaced the parameters by shards, which the optimizer now steps
+        optimization.weights = fsdp.ShardedWeights(model, fsdp.state_dict_type(accelerator), accelerator.process_index,
+                                                   accelerator.num_processes)
     return model, optimization, scheduler
 
 
@@ -238,6 +265,8 @@ def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Acc
         # a CPU forward is at full matmul speed by a few thousand rows; wider batches only cost memory
         max_tokens = min(max_tokens, CPU_EVAL_TOKENS)
     plan = batching.eval_batches(mine, lengths, batch_size, max_tokens=max_tokens)
+    # FSDP: every forward gathers weights from all processes, so each runs as many (extra ones discarded)
+    extra = fsdp.missing_forwards(len(plan), accelerator) if fsdp.enabled(accelerator) else 0
     records = []
     with torch.inference_mode(), accelerator.autocast() if autocast else nullcontext():
         for batch in batching.iterate(features, plan, task.collate):
@@ -245,6 +274,9 @@ def predict(task: Task, model, features: Dataset, raw: Dataset, accelerator: Acc
             out = task.eval_step(model, to_device(batch, accelerator.device))
             host = {k: (v.float() if v.dtype == torch.bfloat16 else v).cpu().numpy() for k, v in out.items()}
             records += [{"index": i, **{k: v[j] for k, v in host.items()}} for j, i in enumerate(index)]
+        for batch in batching.iterate(features, [[0]] * extra, task.collate):
+            batch.pop("index")
+            task.eval_step(model, to_device(batch, accelerator.device))
     if accelerator.num_processes > 1:
         records = gather_object(records)
     records.sort(key=lambda r: r["index"])
@@ -326,7 +358,10 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
     task, model_path, raw, features = load_task_data(recipe, accelerator)  # data, settings and model limits checked
     t_data = time.perf_counter() - t_start
     model = build_training_model(task, model_path, recipe)
-    run = run_description(recipe, raw, world)
+    run = run_description(recipe, raw, world, fsdp.description(accelerator))
+    sharded = fsdp.enabled(accelerator)
+    if sharded:
+        fsdp.check_precision(speed.mixed_precision_mode(cfg))
     if plan.mode == "resume":
         check_resumable(plan.checkpoint, run, note)
     if recipe.data_note and is_main:  # every check passed: say which data the run scores (the command line set it)
@@ -359,15 +394,19 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
     last_checkpoint = plan.checkpoint  # the newest checkpoint, all of it finite: named if training diverges
     if plan.mode == "resume":
         folder = plan.checkpoint
-        state = LoopState(**checkpoint.load_state(folder, weights, optimizer, scheduler))
+        if sharded:  # every process restores its shards (or its part of the broadcast full state)
+            fsdp.load_checkpoint(folder, weights, optimizer)
+            state = LoopState(**checkpoint.load_loop_state(folder, scheduler))
+        else:
+            state = LoopState(**checkpoint.load_state(folder, weights, optimizer, scheduler))
         checkpoint.load_process_rng(folder, rank)
         if is_main:  # drop log lines written after the checkpoint, which the resumed run will redo
             kept = [r for r in outputs.read_log(log.path) if r.get("step", 0) <= state.step]
             outputs.atomic_write_text(log.path, outputs.jsonl_text(kept))
         note(f"resuming from {folder} at step {state.step}/{total_steps}")
-    if recipe.tracking:
-        accelerator.init_trackers("tensorboard" if "tensorboard" in recipe.tracking else recipe.name,
-                                  config={"lr": cfg.lr, "batch_size": cfg.batch_size, "epochs": cfg.epochs})
+    from adapt import tracking
+
+    tracking.start(accelerator, recipe)  # params: the resolved recipe
 
     metric_name = cfg.metric_for_best or task.default_metric
     greater = task.greater_is_better if cfg.greater_is_better is None else cfg.greater_is_better
@@ -424,10 +463,15 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
             tmp.mkdir(parents=True)
         accelerator.wait_for_everyone()
         checkpoint.save_process_rng(tmp, rank)
+        if sharded:  # every process writes its shards, or takes part in gathering the full state
+            fsdp.save_checkpoint(tmp, weights, optimizer)
         accelerator.wait_for_everyone()
         if is_main:
             try:
-                checkpoint.save_main_state(tmp, weights.state(), optimizer, scheduler, state.__dict__)
+                if sharded:
+                    checkpoint.save_loop_state(tmp, scheduler, state.__dict__)
+                else:
+                    checkpoint.save_main_state(tmp, weights.state(), optimizer, scheduler, state.__dict__)
                 checkpoint.commit(tmp, target, run)
             except BaseException:  # e.g. a full disk: free what the half-written checkpoint holds
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -446,7 +490,9 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         in, and for an adapter whose frozen base was trained in lower precision, that base reloaded in full
         precision (as adapt predict/eval reloads it from the checkpoint). Training cannot continue afterwards;
         weights.load(...) may still replace the trained values."""
-        rounded_base = recipe.peft and any(p.dtype != torch.float32 for p in unwrapped.parameters() if not p.requires_grad)
+        # (FSDP keeps fp32 shards, which are what it saves; its unsharded compute copies may be bf16)
+        rounded_base = recipe.peft and not sharded and any(p.dtype != torch.float32 for p in unwrapped.parameters()
+                                                           if not p.requires_grad)
         weights.finalize(unwrapped)
         if rounded_base:
             from adapt.lora import restore_frozen_weights
@@ -482,11 +528,12 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
             # scored as saved: an fp32 run, or the final evaluation; else the final section scores the best again
             best_validation = (metrics, predictions) if final or precision == "no" else None
             check_finite()
+            best = weights.state() if is_main or sharded else None  # FSDP gathers it from every process
             if is_main:
                 with outputs.AtomicDir(checkpoint_dir / BEST) as tmp:
                     from safetensors.torch import save_file
 
-                    save_file(weights.state(), str(tmp / "model.safetensors"))
+                    save_file(best, str(tmp / "model.safetensors"))
         else:
             state.evals_without_improvement += 1
         accelerator.wait_for_everyone()
@@ -561,8 +608,9 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
                 stopped_early = run_eval(final=last)
             if (cfg.save_steps and state.step % cfg.save_steps == 0) or (cfg.save_steps and last):
                 save_checkpoint()
-            if interrupted.signal is not None and not last:
-                why = f"interrupted ({signal.Signals(interrupted.signal).name}) at step {state.step}/{total_steps}"
+            signalled = interrupted.signal if world == 1 else agreed_signal(interrupted.signal, accelerator)
+            if signalled is not None and not last:
+                why = f"interrupted ({signal.Signals(signalled).name}) at step {state.step}/{total_steps}"
                 if plan.mode == "overwrite":  # the old run stays until a new one has finished
                     raise Interrupted(f"{why}; {output_dir} still holds the previous run, which --overwrite replaces "
                                       "only once the new run finishes; run the command again to start over")
@@ -592,6 +640,7 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         validation_metrics, val_predictions = evaluate(task, model, features["validation"], raw["validation"],
                                                        accelerator, cfg.eval_batch_size, autocast=False)
     final["validation"] = validation_metrics
+    task.finalize_validation(unwrapped, validation_metrics)  # e.g. a threshold tuned on validation, before test
     initial = [r for r in state.history if r["kind"] == "eval" and r["step"] == 0]
     if initial:  # eval_on_start: the untrained model's scores, the baseline the run should beat
         final["initial_validation"] = {k: v for k, v in initial[0].items() if k not in ("kind", "step")}
@@ -606,9 +655,13 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         "trainable_params": trainable, "total_params": total_params, "processes": world,
         "mixed_precision": precision, "device": str(device),
     })
+    if device.type == "cuda":  # this process's peak, weights + optimizer + activations (GB = 2**30 bytes)
+        final["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
     check_finite(reduce_window()[0])
+    gathered = fsdp.full_state(model) if sharded else None  # FSDP: the full model, from every process
     if is_main:
-        write_final_artefacts(task, unwrapped, work_dir, recipe, final, raw, val_predictions, model_path)
+        write_final_artefacts(task, unwrapped, work_dir, recipe, final, raw, val_predictions, model_path, gathered)
+        tracking.finish(accelerator, recipe, final, work_dir / "README.md", state.step)  # final scores, card
         final["wall_seconds"] = round(time.perf_counter() - t_start, 2)
         outputs.atomic_write_json(work_dir / "metrics.json", final)
     accelerator.end_training()
@@ -619,10 +672,11 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
 
 
 def write_final_artefacts(task: Task, model, output_dir: Path, recipe: Recipe, final: dict, raw: dict,
-                          val_predictions: list[dict], base_model: str) -> None:
-    """A standard Hugging Face folder (weights, config, tokenizer, card) plus adapt's run records."""
+                          val_predictions: list[dict], base_model: str, state_dict: dict | None = None) -> None:
+    """A standard Hugging Face folder (weights, config, tokenizer, card) plus adapt's run records; `state_dict`:
+    the full weights when the model's own are sharded (FSDP)."""
     with outputs.AtomicDir(output_dir / ".final") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, state_dict=state_dict)
         if recipe.peft:  # the adapter folder alone rebuilds the model: base config (labels, head), generation config
             from adapt.lora import save_adapter_extras
 
@@ -630,7 +684,8 @@ def write_final_artefacts(task: Task, model, output_dir: Path, recipe: Recipe, f
         task.tokenizer.save_pretrained(tmp)
         n_examples = {k: len(v) for k, v in raw.items()}
         extra = {"mixed precision": final["mixed_precision"], "processes": final["processes"],
-                 "trainable parameters": f"{final['trainable_params']:,} of {final['total_params']:,}"}
+                 "trainable parameters": f"{final['trainable_params']:,} of {final['total_params']:,}",
+                 **task.card_details()}
         card_metrics = {f"validation {k}": v for k, v in final["validation"].items()}
         card_metrics.update({f"test {k}": v for k, v in final.get("test", {}).items()})
         (tmp / "README.md").write_text(outputs.model_card(recipe, card_metrics, n_examples, task.pipeline_tag,

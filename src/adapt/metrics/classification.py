@@ -70,3 +70,68 @@ def _matthews(confusion: np.ndarray) -> float:
     covariance = correct * n - predicted @ gold
     denominator = np.sqrt((n * n - predicted @ predicted) * (n * n - gold @ gold))
     return float(covariance / denominator) if denominator > 0 else 0.0
+
+
+MULTI_LABEL_METRICS = ("f1_micro", "f1_macro", "precision_micro", "recall_micro", "precision_macro", "recall_macro",
+                       "subset_accuracy")
+
+
+def multi_label_scores(predicted: np.ndarray, gold: np.ndarray, label_names: Sequence[str]) -> dict:
+    """Multi-label scores of 0/1 indicator matrices `predicted` and `gold`, both [N examples, L labels]
+    (column j = label_names[j]).
+
+    Micro P/R/F1 pool the true/false positives of every (example, label) cell; macro P/R/F1 are the plain
+    means of the L per-label figures, over all L labels (a label never predicted nor gold scores 0:
+    zero_division=0); subset accuracy is the fraction of examples whose predicted label set equals the gold
+    set exactly (an empty gold set is matched by predicting nothing). These equal scikit-learn's
+    `f1_score(average="micro"/"macro", zero_division=0)` and `accuracy_score` on indicator matrices.
+
+    Raises:
+        AdaptError: the matrices differ in shape, have no rows, or their width is not len(label_names).
+    """
+    predicted, gold = np.asarray(predicted, dtype=bool), np.asarray(gold, dtype=bool)
+    if predicted.shape != gold.shape or predicted.ndim != 2 or predicted.shape[1] != len(label_names):
+        raise AdaptError(f"predictions {predicted.shape} and references {gold.shape} must both be "
+                         f"[examples, {len(label_names)} labels]")
+    if not len(gold):
+        raise AdaptError("no examples to score")
+    tp = (predicted & gold).sum(axis=0).astype(np.float64)
+    n_predicted, support = predicted.sum(axis=0).astype(np.float64), gold.sum(axis=0).astype(np.float64)
+    p, r = _ratio(tp, n_predicted), _ratio(tp, support)
+    f = _ratio(2 * tp, support + n_predicted)
+    tp_all, predicted_all, gold_all = tp.sum(), n_predicted.sum(), support.sum()
+    return {
+        "f1_micro": float(2 * tp_all / (predicted_all + gold_all)) if predicted_all + gold_all else 0.0,
+        "f1_macro": float(f.mean()),
+        "precision_micro": float(tp_all / predicted_all) if predicted_all else 0.0,
+        "recall_micro": float(tp_all / gold_all) if gold_all else 0.0,
+        "precision_macro": float(p.mean()),
+        "recall_macro": float(r.mean()),
+        "subset_accuracy": float((predicted == gold).all(axis=1).mean()),
+        "f1_per_class": {str(name): float(x) for name, x in zip(label_names, f)},
+    }
+
+
+# candidate decision thresholds for `tune_threshold`: 0.05, 0.10, ..., 0.95
+THRESHOLD_GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
+
+
+def tune_threshold(probabilities: np.ndarray, gold: np.ndarray, grid: Sequence[float] = THRESHOLD_GRID) -> float:
+    """The one global decision threshold t of `grid` whose predictions (probability >= t) give the highest
+    micro F1 against `gold` (both [N, L]; probabilities in [0, 1]); ties go to the value nearest 0.5.
+
+    Raises:
+        AdaptError: the shapes differ or there are no rows (see `multi_label_scores`).
+    """
+    probabilities, gold = np.asarray(probabilities, dtype=np.float64), np.asarray(gold, dtype=bool)
+    if probabilities.shape != gold.shape or not len(gold):
+        raise AdaptError(f"probabilities {probabilities.shape} and references {gold.shape} must be the same "
+                         "non-empty [examples, labels] shape")
+    gold_all = gold.sum()
+
+    def micro_f1(t: float) -> float:
+        predicted = probabilities >= t
+        total = predicted.sum() + gold_all
+        return float(2 * (predicted & gold).sum() / total) if total else 0.0
+
+    return max(sorted(grid, key=lambda t: abs(t - 0.5)), key=micro_f1)

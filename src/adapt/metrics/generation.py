@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from rouge_score import rouge_scorer
@@ -11,6 +13,7 @@ from sacrebleu.metrics import BLEU, CHRF
 from adapt.errors import AdaptError
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def _check_streams(hypotheses: list[str], references: list[list[str]]) -> None:
@@ -190,3 +193,44 @@ def rouge_scores(predictions: list[str], references: list[str], use_stemmer: boo
     """
     means = rouge_example_scores(predictions, references, use_stemmer).mean(axis=0)
     return {name: float(value) for name, value in zip(ROUGE_TYPES, means)}
+
+
+def sentence_lines(text: str) -> str:
+    """One sentence per line, which rougeLsum needs (a regex split: nltk's punkt is not available offline)."""
+    return "\n".join(s for s in SENTENCE_END.split(text.strip()) if s)
+
+
+def max_reference_rouge(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+    """Mean over examples of ROUGE F1 (0..1) against the best-matching reference, per ROUGE type."""
+    owners = [i for i, refs in enumerate(references) for _ in refs]
+    pairs_hyp = [sentence_lines(hypotheses[i]) for i in owners]
+    pairs_ref = [sentence_lines(r) for refs in references for r in refs]
+    scores = rouge_example_scores(pairs_hyp, pairs_ref)
+    best = np.full((len(hypotheses), len(ROUGE_TYPES)), -np.inf)
+    np.maximum.at(best, np.asarray(owners), scores)
+    return {name: float(value) for name, value in zip(ROUGE_TYPES, best.mean(axis=0))}
+
+
+def translation_scores(hypotheses: list[str], references: list[list[str]], target_lang: str | None = None) -> dict[str, Any]:
+    """sacreBLEU corpus BLEU (tokenizer from `target_lang` or the references' script, see `bleu_tokenizer`;
+    13a for most languages) and chrF; examples with fewer references pad their streams with None,
+    which sacreBLEU skips."""
+    width = max(len(refs) for refs in references)
+    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
+    bleu = bleu_score(hypotheses, streams, target_lang=target_lang)
+    chrf = chrf_score(hypotheses, streams)
+    return {"bleu": bleu["bleu"], "chrf": chrf["chrf"], "bleu_signature": bleu["signature"],
+            "chrf_signature": chrf["signature"]}
+
+
+def exact_match_score(predictions: list[str], references: list[str]) -> float:
+    """Share (0..1) of predictions equal to their reference once leading/trailing whitespace is stripped; case
+    and punctuation count (HF evaluate's `exact_match` with its default options, on stripped strings).
+
+    Raises:
+        AdaptError: the lists differ in length or are empty."""
+    if len(predictions) != len(references):
+        raise AdaptError(f"{len(predictions)} predictions but {len(references)} references")
+    if not predictions:
+        raise AdaptError("no predictions to score")
+    return sum(p.strip() == r.strip() for p, r in zip(predictions, references)) / len(predictions)

@@ -12,7 +12,10 @@ TASKS = {
     "qa": "adapt.tasks.question_answering:QuestionAnswering",
     "ner": "adapt.tasks.token_classification:TokenClassification",
     "clm": "adapt.tasks.causal_lm:CausalLM",
+    "chat": "adapt.tasks.chat:Chat",
     "seq2seq": "adapt.tasks.seq2seq:Seq2Seq",
+    "mlm": "adapt.tasks.masked_lm:MaskedLM",
+    "dpo": "adapt.tasks.preference:DPO",
 }
 
 

@@ -40,6 +40,10 @@ class Task:
     generates: ClassVar[bool] = False
     # peft's task type for adapters of this task (decides which heads stay trainable and how an adapter reloads)
     peft_task_type: ClassVar[str | None] = None
+    # training batches feed the model only token ids of the train features' input_ids (and special tokens), so
+    # the speed layer may leave the other input-embedding rows out of the optimizer; False when the collate
+    # writes other ids (masked-LM random replacement)
+    inputs_from_features: ClassVar[bool] = True
 
     def __init__(self, recipe: Recipe):
         self.recipe = recipe
@@ -68,7 +72,7 @@ class Task:
         return ds
 
     def read_file(self, path: Path) -> Dataset:
-        return data.read_table(path)
+        return data.read_table(path, self.recipe.data.delimiter, self.recipe.data.header_names)
 
     def load_embedded(self, ref: str) -> Dataset:
         raise AdaptError(f"task '{self.name}' has no embedded dataset '{ref}'")
@@ -171,6 +175,11 @@ class Task:
     def restore_from_model(self, model) -> None:
         """Recover what `setup` learned (labels, ...) from a saved model, for predict/eval."""
 
+    def finalize_validation(self, model, metrics: dict[str, Any]) -> None:
+        """Called once the saved weights' validation `metrics` are known, before the test split is scored and
+        the model saved: a task that calibrates on validation (a tuned decision threshold) fixes it here, in
+        its own state and in `model.config`."""
+
     # ---- features and batches -------------------------------------------------------------------------
     def featurize(self, raw: Dataset, role: str) -> Dataset:
         """Tokenized features with a `length` column (for length-grouped batching)."""
@@ -207,6 +216,10 @@ class Task:
     def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
         """Per-example records written next to metrics (inputs, gold, prediction)."""
         return predictions
+
+    def card_details(self) -> dict[str, Any]:
+        """Extra rows for the model card's settings table (e.g. a training objective and its settings)."""
+        return {}
 
 
 def model_load_error(path: str, err: Exception) -> AdaptError:

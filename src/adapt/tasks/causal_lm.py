@@ -13,11 +13,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from adapt import data
+from adapt.data import is_plain_text_file, split_passages  # plain-text helpers shared with the masked-LM task
 from adapt.errors import AdaptError
 from adapt.metrics import perplexity_from_nll
+from adapt.metrics.generation import ROUGE_TYPES, exact_match_score, max_reference_rouge, translation_scores
 from adapt.tasks.base import (Task, TaskOptions, apply_generation_settings, ensure_pad_token, model_inputs,
                                pad_batch, predict_input, summed_cross_entropy)
 
@@ -32,6 +34,29 @@ class CausalLMOptions(TaskOptions):
     max_new_tokens: int = Field(64, ge=1)
     temperature: float = Field(0.0, ge=0, description="0 = greedy decoding")
     top_p: float = Field(1.0, gt=0, le=1)
+    prompt_template: str = Field("{prompt}", description="text around every prompt before rendering, with the "
+                                                         "placeholder {prompt}, e.g. 'Translate English to German: {prompt}'")
+    generation_metrics: bool | None = Field(None, description="evaluation of prompt/completion data also generates "
+                                                              "each completion and scores BLEU, chrF, ROUGE and exact "
+                                                              "match against the reference (default: on for pairs)")
+    generation_max_examples: int | None = Field(256, ge=1, description="validation examples generated per evaluation "
+                                                                       "during training (the first N; null: all); test "
+                                                                       "and `adapt eval` generate for every example")
+    source_lang: str | None = Field(None, description="parallel line files: language suffix of the prompt file (en in "
+                                                      "train.en.gz); its twin with target_lang holds the completions")
+    target_lang: str | None = Field(None, description="parallel line files: language suffix of the completion file; "
+                                                      "also picks sacreBLEU's tokenizer for BLEU (zh, ja, ko)")
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_placeholder(cls, value: str) -> str:
+        if "{prompt}" not in value:
+            raise ValueError("the template needs the placeholder {prompt}, where each prompt goes")
+        return value
+
+
+# scores of the generated completions (`generation_scores`); the rest are the teacher-forced perplexity's
+GENERATION_METRICS = ("bleu", "chrf", *ROUGE_TYPES, "exact_match", "gen_len")
 
 
 def forward(model, batch: dict[str, torch.Tensor]):
@@ -39,28 +64,6 @@ def forward(model, batch: dict[str, torch.Tensor]):
     and transformers reads packed documents from `position_ids` (block-diagonal causal mask) only when no
     cache is passed (`masking_utils._preprocess_mask_arguments`), while `config.use_cache` defaults to true."""
     return model(**model_inputs(batch), use_cache=False)
-
-
-def is_plain_text_file(ref: str) -> bool:
-    return data.is_local(ref) and data.split_suffix(Path(ref))[0] not in data.TABLE_SUFFIXES
-
-
-def split_passages(text: str, min_chars: int) -> list[str]:
-    """Cut text into passages of at least `min_chars` characters (the last may be shorter): after blank lines,
-    or, in a text without blank lines (one sentence or document per line, as Penn Treebank files), after
-    any line. The passages are exact substrings: joined, they give the text back."""
-    lines = text.splitlines(keepends=True)
-    blank_separated = any(not line.strip() for line in lines[:-1])
-    passages, current, size = [], [], 0
-    for line in lines:
-        current.append(line)
-        size += len(line)
-        if size >= min_chars and (not line.strip() or not blank_separated):
-            passages.append("".join(current))
-            current, size = [], 0
-    if current:
-        passages.append("".join(current))
-    return passages
 
 
 def pack_blocks(token_lists: list[list[int]], ends_document: list[bool], eos_id: int,
@@ -115,18 +118,32 @@ class CausalLM(Task):
     name = "clm"
     Options = CausalLMOptions
     default_metric = "perplexity"
-    metric_names = ("perplexity", "nll", "loss", "tokens")
+    # generation metrics need prompt/completion data (checked in `setup`)
+    metric_names = ("perplexity", "nll", "loss", "tokens", *GENERATION_METRICS)
     greater_is_better = False
     pipeline_tag = "text-generation"
     auto_class = "AutoModelForCausalLM"
     peft_task_type = "CAUSAL_LM"
 
+    options: CausalLMOptions
+
+    def __init__(self, recipe):
+        super().__init__(recipe)
+        # perplexity (the default) falls as the model improves; BLEU, chrF, ROUGE and exact match rise
+        if recipe.train.metric_for_best in GENERATION_METRICS:
+            self.greater_is_better = True
+
     # ---- data -----------------------------------------------------------------------------------
     def read_file(self, path: Path) -> Dataset:
         """Tables hold one document (or prompt/completion pair) per row. A plain-text file is one document
-        cut into passages, so a carved validation split takes whole passages and no text is in both splits."""
+        cut into passages, so a carved validation split takes whole passages and no text is in both splits.
+        With task_options.source_lang/target_lang, plain line files are a parallel corpus instead: line i of
+        train.en.gz is the prompt and line i of train.de.gz its completion (`data.read_parallel_lines`)."""
         if not is_plain_text_file(str(path)):
             return data.read_table(path)
+        if self.options.source_lang or self.options.target_lang:
+            o = self.options
+            return data.read_parallel_lines(path, o.source_lang, o.target_lang, o.prompt_column, o.completion_column)
         text = data.read_text(path).replace("\r\n", "\n")
         if not text.strip():
             raise AdaptError(f"{path}: the file has no text; give a plain-text file to train on")
@@ -142,7 +159,8 @@ class CausalLM(Task):
         return Dataset.from_dict({"text": passages, "ends_document": [False] * (len(passages) - 1) + [True]})
 
     def normalize(self, ds: Dataset, source: str) -> Dataset:
-        if is_plain_text_file(source):
+        parallel = is_plain_text_file(source) and "ends_document" not in ds.column_names
+        if is_plain_text_file(source) and not parallel:
             return ds
         o = self.options
         if o.prompt_column in ds.column_names and o.completion_column in ds.column_names:
@@ -152,6 +170,10 @@ class CausalLM(Task):
                     if not isinstance(value, str) or not value.strip():
                         what = ("null" if value is None else "empty" if isinstance(value, str)
                                 else f"not text ({value!r})")
+                        if parallel:
+                            file = source if column == o.prompt_column else f"the {o.target_lang} twin of {source}"
+                            raise AdaptError(f"{file}: line {row + 1} is {what}; every line pair of a parallel "
+                                             "corpus needs text on both sides (fix or remove that line in both files)")
                         raise AdaptError(f"{source}: {data.row_location(source, row)}: '{column}' is {what}; every "
                                          "prompt/completion pair needs text in both (fix or remove that line)")
             renames = {o.prompt_column: "prompt", o.completion_column: "completion"}
@@ -177,6 +199,81 @@ class CausalLM(Task):
         if len(set(kinds.values())) > 1:
             raise AdaptError(f"the splits mix data kinds ({', '.join(f'{k}: {v}' for k, v in kinds.items())}); "
                              "give every split as plain text or every split as prompt/completion pairs")
+        self.check_generation(splits["validation"])
+
+    # ---- generation metrics ---------------------------------------------------------------------
+    def generation_pairs(self, raw: Dataset) -> tuple[list[str], list[str]] | None:
+        """(prompts rendered as the model reads them, reference completions), one per raw example, for the
+        generation metrics; None when the data has no pairs to generate for (plain text). Subclasses with
+        other data layouts (chat conversations) override this to take part in generation scoring."""
+        if "prompt" not in raw.column_names or "completion" not in raw.column_names:
+            return None
+        return [self.render_prompt(p) for p in raw["prompt"]], list(raw["completion"])
+
+    def generation_enabled(self, raw: Dataset) -> bool:
+        """Whether evaluation of `raw` generates and scores completions: task_options.generation_metrics, by
+        default on whenever the data has prompt/completion pairs (`generation_pairs`)."""
+        return self.options.generation_metrics is not False and self.generation_pairs(raw) is not None
+
+    def check_generation(self, validation: Dataset) -> None:
+        """Before any training: generation options and metric_for_best must fit the data.
+
+        Raises:
+            AdaptError: generation_metrics true on plain text, or train.metric_for_best naming a generation
+                metric while nothing is generated."""
+        enabled = self.generation_enabled(validation)
+        self.generates = enabled  # evaluation batches are sized for generation (adapt.train.predict)
+        if self.options.generation_metrics and not enabled:
+            raise AdaptError("task_options.generation_metrics is true but the data is plain text, with no "
+                             "prompt/completion pairs to generate for; give pairs or set it to false")
+        best = self.recipe.train.metric_for_best
+        if best in GENERATION_METRICS and not enabled:
+            why = ("task_options.generation_metrics is false" if self.options.generation_metrics is False
+                   else "the data is plain text, with no prompt/completion pairs to generate for")
+            raise AdaptError(f"train.metric_for_best '{best}' scores generated completions, but {why}; use "
+                             "perplexity or give prompt/completion pairs with generation_metrics on")
+
+    def prompt_token_ids(self, prompts: list[str]) -> list[list[int]]:
+        """Token ids of rendered prompts: a chat template writes its own special tokens; plain prompts get the
+        tokenizer's usual ones (BOS)."""
+        return self.tokenizer(prompts, add_special_tokens=not self.options.chat_template)["input_ids"]
+
+    def add_generation_prompts(self, features: Dataset, raw: Dataset, role: str) -> Dataset:
+        """`features` plus `prompt_ids`: the prompt to generate from (its last train.max_length tokens) on the
+        first feature row of each example that is generated, [] elsewhere. The validation split during
+        training generates for its first task_options.generation_max_examples examples; other roles (test,
+        `adapt eval`) for all."""
+        prompts, _ = self.generation_pairs(raw)
+        cap = self.options.generation_max_examples if role == "validation" else None
+        ids = self.prompt_token_ids(prompts[:cap] if cap else prompts)
+        max_length = self.recipe.train.max_length
+        column, seen = [], set()
+        for example in features["example"]:
+            first = example not in seen
+            seen.add(example)
+            column.append(list(ids[example])[-max_length:] if first and example < len(ids) else [])
+        self.generates = True
+        return features.add_column("prompt_ids", column)
+
+    def generation_scores(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
+        """Scores of the generated completions against their references, over the examples that were generated
+        (`generated_examples`): sacreBLEU corpus BLEU (tokenizer from task_options.target_lang, else 13a for
+        text that is not Chinese/Japanese/Korean) and chrF, ROUGE-1/2/L/Lsum F-measure (0..1, rouge_score with
+        stemming, sentences split for Lsum), exact match (0..1, after stripping whitespace), and `gen_len`, the
+        mean number of generated tokens (EOS included). Empty when nothing was generated."""
+        _, references = self.generation_pairs(raw)
+        done = [(p["generated_text"], ref, p["gen_len"]) for p, ref in zip(predictions, references)
+                if "generated_text" in p]
+        if not done:
+            return {}
+        hypotheses = [h.strip() for h, _, _ in done]
+        golds = [r.strip() for _, r, _ in done]
+        scores = translation_scores(hypotheses, [[r] for r in golds], self.options.target_lang)
+        scores.update(max_reference_rouge(hypotheses, [[r] for r in golds]))
+        scores["exact_match"] = exact_match_score(hypotheses, golds)
+        scores["gen_len"] = float(np.mean([n for _, _, n in done]))
+        scores["generated_examples"] = len(done)
+        return scores
 
     def inputs_from_texts(self, texts: list[str]) -> Dataset:
         """Prompts for `adapt predict`: plain lines as they are; JSON Lines (as the task's data files) give
@@ -227,7 +324,10 @@ class CausalLM(Task):
     def featurize(self, raw: Dataset, role: str) -> Dataset:
         if "text" in raw.column_names:
             return self.featurize_text(raw, role)
-        return self.featurize_pairs(raw)
+        features = self.featurize_pairs(raw)
+        if role != "train" and "labels" in features.column_names and self.generation_enabled(raw):
+            features = self.add_generation_prompts(features, raw, role)
+        return features
 
     def featurize_text(self, raw: Dataset, role: str) -> Dataset:
         """Document-masked blocks of `block_size` tokens packed from the text (`pack_blocks`: `position_ids`
@@ -256,6 +356,9 @@ class CausalLM(Task):
         return [*super().featurize_key(), "blocks=document-masked"]
 
     def render_prompt(self, prompt: str) -> str:
+        """The prompt as the model reads it: put into task_options.prompt_template, then, with
+        task_options.chat_template, rendered as a user turn with the generation prompt."""
+        prompt = self.options.prompt_template.replace("{prompt}", prompt)
         if not self.options.chat_template:
             return prompt
         if not self.tokenizer.chat_template:
@@ -274,9 +377,7 @@ class CausalLM(Task):
         `DataCollatorWithFlattening` writes is already there)."""
         max_length = self.recipe.train.max_length
         has_completion = "completion" in raw.column_names
-        # a chat template writes its own special tokens; plain prompts get the tokenizer's usual ones (BOS)
-        prompts = self.tokenizer([self.render_prompt(p) for p in raw["prompt"]],
-                                 add_special_tokens=not self.options.chat_template)["input_ids"]
+        prompts = self.prompt_token_ids([self.render_prompt(p) for p in raw["prompt"]])
         rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "length": [], "example": []}
         if has_completion:
             rows["labels"] = []
@@ -295,13 +396,19 @@ class CausalLM(Task):
         return Dataset.from_dict(rows)
 
     def collate(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
-        if "labels" in rows:
-            return pad_batch(rows, self.tokenizer.pad_token_id, skip=("length", "example", "tokens_dropped"))
-        # prompts to continue are padded on the left so every row's last token is its prompt's last token
-        width = max(len(ids) for ids in rows["input_ids"])
-        pad = self.tokenizer.pad_token_id
-        return {"input_ids": torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in rows["input_ids"]]),
-                "attention_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in rows["input_ids"]])}
+        """Training/scoring rows padded on the right; prompts to continue padded on the left (so every row's
+        last token is its prompt's last token). Evaluation rows with `prompt_ids` (`add_generation_prompts`)
+        also give `prompt_input_ids`/`prompt_attention_mask` [generated rows, prompt width] (left-padded) and
+        `generate_rows`, the batch rows they belong to."""
+        if "labels" not in rows:
+            return left_pad(rows["input_ids"], self.tokenizer.pad_token_id)
+        batch = pad_batch(rows, self.tokenizer.pad_token_id, skip=("length", "example", "tokens_dropped", "prompt_ids"))
+        generate = [i for i, ids in enumerate(rows.get("prompt_ids", ())) if ids]
+        if generate:
+            prompts = left_pad([rows["prompt_ids"][i] for i in generate], self.tokenizer.pad_token_id)
+            batch.update(prompt_input_ids=prompts["input_ids"], prompt_attention_mask=prompts["attention_mask"],
+                         generate_rows=torch.tensor(generate))
+        return batch
 
     # ---- loss and evaluation --------------------------------------------------------------------------
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,23 +420,46 @@ class CausalLM(Task):
         return int((batch["labels"][:, 1:] != -100).sum())
 
     def eval_step(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Prompts only: the generated ids. Labelled rows: summed NLL and target count per row (teacher-forced),
+        and for the rows with a prompt to generate from (`generate_rows`) also `generated` [batch, new tokens]
+        (pad ids on other rows), `gen_len` (tokens up to and including the first EOS) and `has_generation`."""
         if "labels" not in batch:
             return {"generated": self.generate(model, batch)}
         logits = forward(model, batch).logits[:, :-1].float()
         targets = batch["labels"][:, 1:]
         nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(-1)
-        return {"nll": nll, "tokens": (targets != -100).sum(-1)}
+        out = {"nll": nll, "tokens": (targets != -100).sum(-1)}
+        if "generate_rows" in batch:
+            rows = batch["generate_rows"]
+            new = self.generate(model, {"input_ids": batch["prompt_input_ids"],
+                                        "attention_mask": batch["prompt_attention_mask"]})
+            stops = self.stop_token_ids(model)
+            stops = list(stops) if isinstance(stops, (list, tuple)) else [stops]
+            is_stop = torch.isin(new, torch.tensor(stops, device=new.device))
+            ended = is_stop.any(-1)
+            lengths = torch.where(ended, is_stop.int().argmax(-1) + 1, new.shape[1])
+            size = nll.shape[0]
+            generated = new.new_full((size, new.shape[1]), self.tokenizer.pad_token_id)
+            generated[rows] = new
+            out["generated"] = generated
+            out["gen_len"] = lengths.new_zeros(size).index_copy(0, rows, lengths)
+            out["has_generation"] = torch.zeros(size, dtype=torch.bool, device=nll.device).index_fill(0, rows, True)
+        return out
 
     def generate(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """New token ids per row (padded with the pad id after EOS)."""
+        """New token ids per row of left-padded prompts (padded with the pad id after EOS), decoded with the
+        recipe's settings (`generation_kwargs`: greedy unless task_options.temperature > 0) and a KV cache."""
+        from accelerate.utils import extract_model_from_parallel
+
         prompt_width = batch["input_ids"].shape[1]
-        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_token_ids(model),
-                             **self.generation_kwargs())
+        out = extract_model_from_parallel(model).generate(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=True,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_token_ids(model),
+            **self.generation_kwargs())
         return out[:, prompt_width:]
 
     def postprocess(self, outputs: list[dict[str, Any]], features: Dataset, raw: Dataset) -> list[dict[str, Any]]:
-        if outputs and "generated" in outputs[0]:
+        if outputs and "nll" not in outputs[0]:  # prompts only (`adapt predict`)
             texts = self.tokenizer.batch_decode([o["generated"] for o in outputs], skip_special_tokens=True)
             return [{"generated_text": t} for t in texts]
         # blocks may span rows of the raw data: each block's NLL counts for the row where it starts
@@ -337,6 +467,9 @@ class CausalLM(Task):
         for row, out in zip(list(features["example"]), outputs):
             per_row[row]["nll"] += float(out["nll"])
             per_row[row]["tokens"] += int(out["tokens"])
+            if out.get("has_generation", False):
+                per_row[row]["generated_text"] = self.tokenizer.decode(out["generated"], skip_special_tokens=True)
+                per_row[row]["gen_len"] = int(out["gen_len"])
         if "tokens_dropped" in features.column_names:  # packed text: the unused ragged tail, on the last row
             per_row[-1]["tokens_dropped"] = sum(features["tokens_dropped"])
         return per_row
@@ -344,11 +477,14 @@ class CausalLM(Task):
     def score(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
         """Token-weighted perplexity per token of the model's own tokenizer (`tokens` scored; not per word or
         character, so it compares only between models sharing a tokenizer); packed plain text also reports
-        `tokens_dropped`, the ragged tail that filled no whole block and was not scored."""
+        `tokens_dropped`, the ragged tail that filled no whole block and was not scored. Examples with a
+        generated completion add the generation metrics (`generation_scores`)."""
         scores = perplexity_from_nll(sum(p["nll"] for p in predictions), sum(p["tokens"] for p in predictions))
         scores = {**scores, "loss": scores["nll"], "perplexity_unit": "model token"}
         if any("tokens_dropped" in p for p in predictions):
             scores["tokens_dropped"] = sum(p.get("tokens_dropped", 0) for p in predictions)
+        if any("generated_text" in p for p in predictions):
+            scores.update(self.generation_scores(predictions, raw))
         return scores
 
     def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
@@ -358,3 +494,11 @@ class CausalLM(Task):
             ppl = perplexity_from_nll(p["nll"], p["tokens"])["perplexity"] if p["tokens"] else None
             rows.append({**row, **p, "perplexity": ppl})
         return rows
+
+
+def left_pad(id_lists: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """`input_ids` and `attention_mask` [rows, longest row] with the padding on the left, as decoder-only
+    generation needs (each row's last position is its last real token)."""
+    width = max(len(ids) for ids in id_lists)
+    return {"input_ids": torch.tensor([[pad_id] * (width - len(ids)) + list(ids) for ids in id_lists]),
+            "attention_mask": torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in id_lists])}

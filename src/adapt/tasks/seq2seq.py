@@ -7,7 +7,6 @@ BLEU and chrF use every reference as a sacreBLEU reference stream."""
 
 from __future__ import annotations
 
-import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -19,12 +18,10 @@ from pydantic import Field
 
 from adapt import assets, data
 from adapt.errors import AdaptError
-from adapt.metrics import bleu_score, chrf_score
-from adapt.metrics.generation import ROUGE_TYPES, rouge_example_scores
+from adapt.metrics.generation import ROUGE_TYPES, max_reference_rouge, translation_scores
 from adapt.tasks.base import (Task, TaskOptions, apply_generation_settings, model_load_error, predict_input,
                               summed_cross_entropy)
 
-SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 TRANSLATION_METRICS = ("bleu", "chrf")
 
 
@@ -80,25 +77,10 @@ class Seq2Seq(Task):
 
     def read_parallel_lines(self, source_path: Path) -> Dataset:
         """Line i of the source file pairs with line i of the target file, whose name swaps the language
-        suffix (train.en.gz -> train.de.gz)."""
-        src, tgt = self.options.source_lang, self.options.target_lang
-        if not (src and tgt):
-            raise AdaptError(f"{source_path}: plain line files need task_options.source_lang and target_lang "
-                             f"(e.g. en and de) to find the parallel target file; or give a CSV/JSONL file")
-        suffix = re.compile(rf"\.{re.escape(src)}(?=\.|$)")
-        matches = list(suffix.finditer(source_path.name))
-        if not matches:
-            raise AdaptError(f"{source_path}: the file name has no '.{src}' language suffix "
-                             f"(task_options.source_lang); name it like train.{src}.gz")
-        last = matches[-1]
-        target_path = source_path.with_name(source_path.name[:last.start()] + f".{tgt}" + source_path.name[last.end():])
-        sources = data.read_text(source_path).splitlines()
-        targets = data.read_text(target_path).splitlines()
-        if len(sources) != len(targets):
-            raise AdaptError(f"{source_path} has {len(sources)} lines but {target_path} has {len(targets)}; "
-                             "parallel files need one translation per line")
+        suffix (train.en.gz -> train.de.gz); see `data.read_parallel_lines`."""
         cols = self.recipe.data.columns
-        return Dataset.from_dict({cols.text: sources, cols.target: targets})
+        return data.read_parallel_lines(source_path, self.options.source_lang, self.options.target_lang,
+                                        cols.text, cols.target)
 
     def normalize(self, ds: Dataset, source: str) -> Dataset:
         """Canonical columns: `source` (text), `target` (the training target) and `references` (every
@@ -322,31 +304,3 @@ def source_text(value) -> str:
 def truncate_keeping_end(ids: list[int], limit: int) -> list[int]:
     """At most `limit` tokens, keeping the final (end-of-sequence) token."""
     return ids if len(ids) <= limit else ids[: limit - 1] + ids[-1:]
-
-
-def sentence_lines(text: str) -> str:
-    """One sentence per line, which rougeLsum needs (a regex split: nltk's punkt is not available offline)."""
-    return "\n".join(s for s in SENTENCE_END.split(text.strip()) if s)
-
-
-def max_reference_rouge(hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
-    """Mean over examples of ROUGE F1 (0..1) against the best-matching reference, per ROUGE type."""
-    owners = [i for i, refs in enumerate(references) for _ in refs]
-    pairs_hyp = [sentence_lines(hypotheses[i]) for i in owners]
-    pairs_ref = [sentence_lines(r) for refs in references for r in refs]
-    scores = rouge_example_scores(pairs_hyp, pairs_ref)
-    best = np.full((len(hypotheses), len(ROUGE_TYPES)), -np.inf)
-    np.maximum.at(best, np.asarray(owners), scores)
-    return {name: float(value) for name, value in zip(ROUGE_TYPES, best.mean(axis=0))}
-
-
-def translation_scores(hypotheses: list[str], references: list[list[str]], target_lang: str | None = None) -> dict[str, Any]:
-    """sacreBLEU corpus BLEU (tokenizer from `target_lang` or the references' script, see `bleu_tokenizer`;
-    13a for most languages) and chrF; examples with fewer references pad their streams with None,
-    which sacreBLEU skips."""
-    width = max(len(refs) for refs in references)
-    streams = [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
-    bleu = bleu_score(hypotheses, streams, target_lang=target_lang)
-    chrf = chrf_score(hypotheses, streams)
-    return {"bleu": bleu["bleu"], "chrf": chrf["chrf"], "bleu_signature": bleu["signature"],
-            "chrf_signature": chrf["signature"]}
