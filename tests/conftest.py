@@ -49,6 +49,33 @@ def build_tiny_bert(folder: Path, **config_overrides) -> Path:
     return folder
 
 
+SMOLLM2_TEMPLATE = object()  # build_tiny_llama: keep the SmolLM2 tokenizer's own chat template
+
+
+def build_tiny_llama(folder: Path, chat_template=SMOLLM2_TEMPLATE, **config_overrides) -> Path:
+    """A randomly initialised (seed 0) 2-layer Llama (hidden 32, 2 heads, 1 key/value head, intermediate 64,
+    256 positions) with the embedded SmolLM2 tokenizer (49,152 tokens; bos 1, eos = pad 2), saved as a
+    safetensors checkpoint. `chat_template` replaces the tokenizer's (None removes it)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from adapt.assets import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2"))
+    if chat_template is not SMOLLM2_TEMPLATE:
+        tokenizer.chat_template = chat_template
+    settings = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                    num_key_value_heads=1, max_position_embeddings=256, vocab_size=len(tokenizer),
+                    bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.pad_token_id)
+    settings.update(config_overrides)
+    torch.manual_seed(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    AutoModelForCausalLM.from_config(LlamaConfig(**settings)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_builder():
     """`build_tiny_bert(folder, **config_overrides)`, for tests that need a variant (e.g. no dropout)."""

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import build_tiny_llama
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -76,19 +77,12 @@ def test_peer_features_equal_adapt_clm_features(smollm2_tokenizer_dir, chat_temp
     assert len(peer["input_ids"][1]) == 64 and peer["labels"][1][-1] != -100
 
 
-def test_peer_times_only_its_training_steps(smollm2_tokenizer_dir, tmp_path):
+def test_peer_times_only_its_training_steps(tmp_path):
     """A tiny random Llama with the SmolLM2 tokenizer through the whole peer: the step timer counts every
     optimizer step and stays within Trainer's own train_runtime (which adds set-up around the loop)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=256, vocab_size=len(tokenizer),
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
+    tokenizer = AutoTokenizer.from_pretrained(build_tiny_llama(tmp_path / "model"))
     pairs = [{"prompt": f"Add {i} and {i}.", "completion": f"The sum is {2 * i}."} for i in range(10)]
     train = bench_sft.write_jsonl(pairs[:6], tmp_path / "train.jsonl")
     validation = bench_sft.write_jsonl(pairs[6:], tmp_path / "validation.jsonl")

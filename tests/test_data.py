@@ -287,3 +287,15 @@ def test_token_ids_of_a_selection_plus_extra_ids():
 
     features = Dataset.from_dict({"input_ids": [[5, 7, 5], [9], [3, 7]]}).select([2, 0])  # an index mapping
     assert token_ids(features, extra=[0, 101]).tolist() == [0, 3, 5, 7, 101]
+
+
+def test_document_column_renames_drops_blank_rows_and_refuses_non_text(tmp_path):
+    """The one home of the LM tasks' text column (clm and mlm): renamed `text`, null/blank rows dropped, a number
+    refused naming the file's line and the column."""
+    ds = Dataset.from_dict({"sentence": ["A cat.", None, "  \n", "A dog."], "label": [0, 1, 0, 1]})
+    out = data.document_column(ds, "sentence", "rows")
+    assert out.column_names == ["text"] and out["text"] == ["A cat.", "A dog."]
+    path = tmp_path / "docs.jsonl"
+    path.write_text('\n{"body": 7}\n{"body": 8}\n')  # a blank first line: the row's own line is named
+    with pytest.raises(AdaptError, match=r"docs.jsonl: line 2: 'body' is not text \(7\); give each document as"):
+        data.document_column(data.read_table(path), "body", str(path))

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from adapt.cli import app
 from adapt.errors import AdaptError
-from conftest import run_tiny_finetune, sentiment_rows
+from conftest import build_tiny_llama, run_tiny_finetune, sentiment_rows
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -92,18 +92,8 @@ def qa_run(tiny_bert, tmp_path_factory, cache) -> Path:
 
 @pytest.fixture(scope="module")
 def llama_run(tmp_path_factory, cache) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from adapt.assets import resolve_model_path
-
     root = tmp_path_factory.mktemp("onnx_llama")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2"))
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=256, vocab_size=len(tokenizer),
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    build_tiny_llama(root / "base")
     pairs = root / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"Add {i} and 1.", "completion": str(i + 1)}) + "\n"
                              for i in range(24)))

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import build_tiny_llama
 from typer.testing import CliRunner
 
 from adapt.cli import app
@@ -52,21 +53,11 @@ def classifier(tiny_run):
 @pytest.fixture(scope="module")
 def chat_run(tmp_path_factory):
     """A 2-step clm-instruct run (chat template on) of a tiny random Llama with SmolLM2's tokenizer."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from adapt.assets import resolve_model_path
     from adapt.recipe import resolve_recipe
     from adapt.train import finetune
 
     root = tmp_path_factory.mktemp("serve-chat")
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2"))
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=256, vocab_size=len(tokenizer),
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(root / "base")
-    tokenizer.save_pretrained(root / "base")
+    build_tiny_llama(root / "base")
     pairs = root / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"prompt": f"Add {i} and {i}.", "completion": f"The sum is {2 * i}."}) + "\n"
                              for i in range(24)))

@@ -22,7 +22,7 @@ from adapt.ui import PlainProgress, training_progress
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "adapt"
-SHIPPED_RECIPES = {"emotions", "similarity", "chat", "clm", "clm-instruct", "ner", "pairs", "qa", "sentiment", "summarize", "translate", "translate-encdec", "mlm"}
+SHIPPED_RECIPES = {"emotions", "similarity", "chat", "clm", "clm-instruct", "ner", "pairs", "qa", "sentiment", "summarize", "translate", "translate-encdec", "mlm", "dpo"}
 
 
 # ---- recipes as package data --------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_llama
 from typer.testing import CliRunner
 
 from adapt.cli import app
@@ -42,20 +43,7 @@ THREE_TURNS = [
 
 
 def _tiny_llama(folder: Path, template: str | None) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from adapt.assets import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2"))
-    tokenizer.chat_template = template
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=256, vocab_size=len(tokenizer),
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_llama(folder, chat_template=template)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import build_tiny_llama
 from test_bad_input import is_progress_bar
 from datasets import Dataset
 from typer.testing import CliRunner
@@ -20,7 +21,7 @@ from adapt.cli import app
 from adapt.errors import AdaptError
 from adapt.recipe import resolve_recipe
 from adapt.tasks import get_task
-from adapt.tasks.preference import dpo_loss, hh_messages, hh_split, sequence_logps
+from adapt.tasks.preference import PairError, dpo_loss, hh_messages, hh_split, sequence_logps
 from adapt.train import build_training_model, finetune
 
 CONVERSATIONS = [
@@ -45,19 +46,7 @@ TEXTS = [
 @pytest.fixture(scope="module")
 def tiny_llama(tmp_path_factory) -> Path:
     """A random 2-layer Llama (hidden 32) with SmolLM2's tokenizer (which has a chat template)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from adapt.assets import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2"))
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, max_position_embeddings=512, vocab_size=len(tokenizer),
-                         bos_token_id=1, eos_token_id=2, pad_token_id=2)
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), max_position_embeddings=512)
 
 
 def make_task(model_dir, overrides=()):
@@ -89,6 +78,24 @@ def test_hh_split_takes_the_shared_dialogue_up_to_its_last_assistant_marker():
 def test_hh_dialogues_become_chat_messages():
     assert hh_messages(hh("Hi", "Hello  ", "Bye")) == [
         {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
+
+
+def test_hh_messages_is_the_chat_parser_keeping_blank_turns_and_refusing_non_dialogues():
+    """One HH-RLHF parser (adapt.conversation): the DPO side keeps a blank final reply (its pair check refuses
+    an empty response later, naming chosen/rejected) where the chat side refuses it at once."""
+    from adapt.conversation import ConversationError, parse_hh_dialogue
+    text = "Human: what does Human: mean?\n\nAssistant: Just text."  # the leading blank line may be missing
+    assert hh_messages(text) == parse_hh_dialogue(text) == [
+        {"role": "user", "content": "what does Human: mean?"}, {"role": "assistant", "content": "Just text."}]
+    assert hh_messages(hh("Q", "")) == [{"role": "user", "content": "Q"}, {"role": "assistant", "content": ""}]
+    with pytest.raises(ConversationError, match="turn 2 is an empty assistant turn"):
+        parse_hh_dialogue(hh("Q", ""))
+    with pytest.raises(PairError, match="no prompt column, and the text is not an HH-RLHF dialogue: .*no "):
+        hh_messages("Just some text")
+    with pytest.raises(PairError, match="text before its first"):
+        hh_messages("Preamble" + hh("Q", "A"))
+    with pytest.raises(PairError, match="has no '\\\\n\\\\nAssistant:' turn"):
+        hh_messages(hh("Q"))
 
 
 def test_tokenized_pairs_equal_trl_for_messages_text_and_hh(tiny_llama, tmp_path):

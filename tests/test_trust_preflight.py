@@ -243,8 +243,14 @@ def test_ner_run_on_own_data_scores_a_carved_validation_split(tmp_path, tiny_ber
 def scored(task_name: str, overrides=()) -> tuple[object, dict]:
     """(task, its real `score` output) on two hand-made examples."""
     recipe = {"classification": "sentiment", "ner": "ner", "qa": "qa", "clm": "clm", "seq2seq": "summarize",
-              "mlm": "mlm"}[task_name]
+              "mlm": "mlm", "chat": "chat", "dpo": "dpo"}[task_name]
     task = get_task(resolve_recipe(recipe, list(overrides)))
+    if task_name == "classification" and task.problem_type == "regression":
+        return task, task.score([{"score": 1.0}, {"score": 2.5}, {"score": 2.0}], Dataset.from_dict({"label": [1.0, 3.0, 2.5]}))
+    if task_name == "classification" and task.problem_type == "multi_label_classification":
+        task.label_names = ["anger", "joy"]
+        task.threshold = 0.5
+        return task, task.score([{"probs": [0.2, 0.9]}, {"probs": [0.4, 0.1]}], Dataset.from_dict({"label": [["joy"], ["anger"]]}))
     if task_name == "classification":
         task.label_names = ["negative", "positive"]
         return task, task.score([{"label": "positive"}, {"label": "negative"}], Dataset.from_dict({"label": ["positive", "positive"]}))
@@ -255,19 +261,39 @@ def scored(task_name: str, overrides=()) -> tuple[object, dict]:
         second = {"text": [], "answer_start": []} if task.options.version_2_with_negative else {"text": ["Bergen"], "answer_start": [9]}
         raw = Dataset.from_dict({"id": ["a", "b"], "answers": [{"text": ["Oslo"], "answer_start": [0]}, second]})
         return task, task.score([{"answer": "Oslo"}, {"answer": ""}], raw)
-    if task_name in ("clm", "mlm"):
+    if task_name == "dpo":
+        pairs = [{"chosen_logps": -3.0, "rejected_logps": -5.0, "ref_chosen_logps": -4.0, "ref_rejected_logps": -4.0},
+                 {"chosen_logps": -6.0, "rejected_logps": -2.0, "ref_chosen_logps": -5.0, "ref_rejected_logps": -3.0}]
+        return task, task.score(pairs, Dataset.from_dict({"x": [1, 2]}))
+    if task_name == "mlm":
         return task, task.score([{"nll": 2.0, "tokens": 3}, {"nll": 1.0, "tokens": 2}], Dataset.from_dict({"x": [1, 2]}))
+    if task_name in ("clm", "chat"):  # prompt/completion data: perplexity and the generation metrics
+        generated = [{"nll": 2.0, "tokens": 3, "generated_text": "a cat sat", "gen_len": 4},
+                     {"nll": 1.0, "tokens": 2, "generated_text": "dogs", "gen_len": 2}]
+        if task_name == "clm":
+            raw = Dataset.from_dict({"prompt": ["p1", "p2"], "completion": ["a cat sat", "dogs run"]})
+        else:
+            from adapt.assets import resolve_model_path
+
+            task.load_tokenizer(resolve_model_path(task.recipe.model))
+            raw = Dataset.from_dict({"messages": [
+                [{"role": "user", "content": "p1"}, {"role": "assistant", "content": "a cat sat"}],
+                [{"role": "user", "content": "p2"}, {"role": "assistant", "content": "dogs run"}]]})
+        return task, task.score(generated, task.normalize(raw, "hand-made"))
     predictions = [{"generated_text": "a cat sat", "generated_tokens": 3}, {"generated_text": "dogs", "generated_tokens": 1}]
     return task, task.score(predictions, Dataset.from_dict({"references": [["a cat sat"], ["dogs run"]]}))
 
 
 @pytest.mark.parametrize("task_name,overrides", [
-    ("classification", ()), ("ner", ()), ("qa", ()), ("qa", [("task_options.version_2_with_negative", True)]),
+    ("classification", [("task_options.problem_type", "single_label_classification")]),
+    ("classification", [("task_options.problem_type", "multi_label_classification")]),
+    ("classification", [("task_options.problem_type", "regression")]), ("ner", ()), ("qa", ()), ("qa", [("task_options.version_2_with_negative", True)]),
     ("clm", ()), ("seq2seq", ()), ("seq2seq", [("train.metric_for_best", "bleu")]), ("mlm", ()),
+    ("chat", ()), ("dpo", ()),
 ])
 def test_declared_metric_names_are_what_score_reports(task_name, overrides):
     task, scores = scored(task_name, overrides)
-    assert set(TASKS) == {"classification", "ner", "qa", "clm", "seq2seq", "mlm"}
+    assert set(TASKS) == {"classification", "ner", "qa", "clm", "seq2seq", "mlm", "chat", "dpo"}
     assert task.default_metric in task.metric_names
     for name in task.metric_names:
         assert isinstance(scores[name], (int, float)), (name, scores)

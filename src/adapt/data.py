@@ -623,6 +623,23 @@ def split_passages(text: str, min_chars: int) -> list[str]:
     return passages
 
 
+def document_column(ds: Dataset, column: str, source: str) -> Dataset:
+    """The documents of a table for language modelling (the causal and masked LM tasks): `column` alone,
+    renamed `text`, its blank rows (null, or only whitespace, e.g. the empty lines of Hub WikiText) dropped, as
+    they are no documents. The caller has checked that `column` exists (its message names its own options).
+
+    Raises:
+        AdaptError: "<source>: line N: '<column>' is not text (...)" for the first value that is neither null
+            nor a string."""
+    ds = ds.select_columns([column])
+    ds = ds.rename_column(column, "text") if column != "text" else ds
+    for row, value in enumerate(ds["text"][:]):  # [:] reads the column at once
+        if value is not None and not isinstance(value, str):
+            raise AdaptError(f"{source}: {row_location(source, row)}: '{column}' is not text ({value!r:.40}); "
+                             "give each document as a string")
+    return ds.filter(lambda value: bool(value and value.strip()), input_columns="text")
+
+
 def load_hub_split(ref: str, config: str | None, split: str) -> Dataset:
     """A split of a Hugging Face Hub dataset (needs network or a populated HF cache)."""
     from datasets import load_dataset

@@ -299,6 +299,24 @@ def apply_generation_settings(model, settings: dict[str, Any], model_ref: str) -
                          f"({detail}); change task_options (decoding) or fix generation_config.json") from None
 
 
+def label_head_model(task: Task, path: str, **config_kwargs):
+    """`task.pretrained_model(path)` with a fresh head of one output per `task.label_names` (their names in
+    `config.id2label`/`label2id`, as pipelines report them), `config_kwargs` added (e.g. `problem_type`), and
+    a pad id for decoder heads (GPT-2, Llama, Qwen2 and Mistral classifiers read each row's last non-pad token
+    and refuse batches of more than one row without one)."""
+    names = task.label_names
+    model = task.pretrained_model(path, num_labels=len(names), id2label=dict(enumerate(names)),
+                                  label2id={n: i for i, n in enumerate(names)}, **config_kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = task.tokenizer.pad_token_id
+    return model
+
+
+def config_label_names(config) -> list[str]:
+    """The label names a saved model's config holds, in output order."""
+    return [config.id2label[i] for i in range(len(config.id2label))]
+
+
 def ensure_pad_token(tokenizer) -> None:
     """Give a tokenizer without a padding token (GPT-2, Llama, Qwen2 style) its EOS token as pad, so batches
     of several rows can be padded (and decoder classifiers find each row's last real token)."""

@@ -140,7 +140,7 @@ class CausalLM(Task):
         With task_options.source_lang/target_lang, plain line files are a parallel corpus instead: line i of
         train.en.gz is the prompt and line i of train.de.gz its completion (`data.read_parallel_lines`)."""
         if not is_plain_text_file(str(path)):
-            return data.read_table(path)
+            return Task.read_file(self, path)  # a table, read with data.delimiter / data.header_names
         if self.options.source_lang or self.options.target_lang:
             o = self.options
             return data.read_parallel_lines(path, o.source_lang, o.target_lang, o.prompt_column, o.completion_column)
@@ -184,14 +184,7 @@ class CausalLM(Task):
                 f"{source}: no column '{text}' for plain text, nor '{o.prompt_column}' and '{o.completion_column}' "
                 f"for prompt/completion pairs (columns: {', '.join(ds.column_names)}); set data.columns.text or "
                 "task_options.prompt_column / task_options.completion_column")
-        ds = ds.select_columns([text])
-        ds = ds.rename_column(text, "text") if text != "text" else ds
-        for row, value in enumerate(ds["text"][:]):
-            if value is not None and not isinstance(value, str):
-                raise AdaptError(f"{source}: {data.row_location(source, row)}: '{text}' is not text ({value!r}); "
-                                 "give each document as a string")
-        # blank rows (e.g. the empty lines of Hub WikiText) are no documents: they would only add EOS tokens
-        ds = ds.filter(lambda value: bool(value and value.strip()), input_columns="text")
+        ds = data.document_column(ds, text, source)  # blank rows would only add EOS tokens
         return ds.add_column("ends_document", [True] * len(ds))
 
     def setup(self, splits: dict[str, Dataset]) -> None:

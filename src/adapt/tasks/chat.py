@@ -19,7 +19,7 @@ from adapt import data
 from adapt.conversation import (ConversationError, assistant_spans, check_ends_with_reply,
                                 parse_hh_dialogue, render, target_mask, to_messages)
 from adapt.errors import AdaptError
-from adapt.tasks.base import TaskOptions, json_input
+from adapt.tasks.base import Task, TaskOptions, json_input
 from adapt.tasks.causal_lm import CausalLM, CausalLMOptions
 
 # the causal LM options that describe plain-text or prompt/completion data, which conversations do not have
@@ -50,7 +50,7 @@ class Chat(CausalLM):
     # ---- data -----------------------------------------------------------------------------------
     def read_file(self, path: Path):
         """Conversations are tables (JSON list, JSON Lines, Parquet; CSV for HH-RLHF text): one per row."""
-        return data.read_table(path)
+        return Task.read_file(self, path)  # a table, read with data.delimiter / data.header_names
 
     def conversation_column(self, columns: list[str], first_row: dict | None = None) -> tuple[str, str] | None:
         """(column, "turns" | "hh") that holds the conversations among `columns`, or None: task_options.

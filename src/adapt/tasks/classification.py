@@ -20,7 +20,8 @@ from pydantic import Field
 from adapt import assets, data
 from adapt.errors import AdaptError
 from adapt.metrics import classification_scores
-from adapt.tasks.base import Task, TaskOptions, ensure_pad_token, json_input, model_inputs, pad_batch, predict_input
+from adapt.tasks.base import (Task, TaskOptions, config_label_names, ensure_pad_token, json_input, label_head_model,
+                               model_inputs, pad_batch, predict_input)
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
@@ -235,29 +236,18 @@ class SequenceClassification(Task):
         """The pretrained model with a fresh head of len(label_names) outputs (1 for regression), its
         `config.problem_type` set (so `pipeline()` applies softmax / sigmoid / identity) and, for multi-label,
         `config.threshold`."""
-        model = self.pretrained_model(
-            path,
-            num_labels=len(self.label_names),
-            id2label=dict(enumerate(self.label_names)),
-            label2id={n: i for i, n in enumerate(self.label_names)},
-            problem_type=self.problem_type,
-        )
+        model = label_head_model(self, path, problem_type=self.problem_type)
         if self.problem_type == MULTI_LABEL:
             model.config.threshold = self.threshold  # saved in config.json (an extra attribute transformers keeps)
             if getattr(self, "label_prior", None) is not None:
                 init_prior_bias(model, self.label_prior)
-        # decoder classifiers (GPT-2, Llama, Qwen2, Mistral) read the last non-pad token of each row: without
-        # a pad id they refuse batches of more than one row
-        if model.config.pad_token_id is None:
-            model.config.pad_token_id = self.tokenizer.pad_token_id
         return model
 
     def restore_from_model(self, model) -> None:
         """Labels, problem type (a config without one is single-label) and the multi-label threshold of a
         saved model."""
         config = model.config
-        id2label = config.id2label
-        self.label_names = [id2label[i] for i in range(len(id2label))]
+        self.label_names = config_label_names(config)
         problem_type = config.problem_type or SINGLE_LABEL
         if problem_type != self.problem_type:
             self.problem_type = None

@@ -101,7 +101,7 @@ class MaskedLM(Task):
         Raises:
             AdaptError: a text file without any non-blank line."""
         if not is_plain_text_file(str(path)):
-            return data.read_table(path)
+            return Task.read_file(self, path)  # a table, read with data.delimiter / data.header_names
         documents = documents_of_text(data.read_text(path))
         if not documents:
             raise AdaptError(f"{path}: the file has no text (it is empty or every line is blank); give a plain-text "
@@ -119,13 +119,7 @@ class MaskedLM(Task):
         if column not in ds.column_names:
             raise AdaptError(f"{source}: no column '{column}' holding the text to train on (columns: "
                              f"{', '.join(ds.column_names)}); set data.columns.text (e.g. data.columns.text=sentence)")
-        ds = ds.select_columns([column])
-        ds = ds.rename_column(column, "text") if column != "text" else ds
-        for row, value in enumerate(ds["text"][:]):
-            if value is not None and not isinstance(value, str):
-                raise AdaptError(f"{source}: {data.row_location(source, row)}: '{column}' is not text ({value!r:.40}); "
-                                 "give each document as a string")
-        ds = ds.filter(lambda value: bool(value and value.strip()), input_columns="text")
+        ds = data.document_column(ds, column, source)
         if len(ds) == 0:
             raise AdaptError(f"{source}: every row's '{column}' is empty; give rows with text (or set "
                              "data.columns.text to the column that holds it)")

@@ -81,7 +81,7 @@ class QuestionAnswering(Task):
                 # SQuAD's own keys, under the names data.columns maps (so one mapping serves every file)
                 names = {"question": cols.question, "context": cols.context, "answers": cols.answers}
                 return Dataset.from_list([{names.get(k, k): v for k, v in row.items()} for row in rows])
-        return data.read_table(path)
+        return Task.read_file(self, path)  # a table, read with data.delimiter / data.header_names
 
     def normalize(self, ds: Dataset, source: str) -> Dataset:
         """Canonical columns id/title/context/question/answers (answers as {"text": [...], "answer_start":

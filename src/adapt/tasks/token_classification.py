@@ -13,8 +13,7 @@ from adapt import data
 from adapt.errors import AdaptError
 from adapt.metrics import seqeval_scores
 from adapt.metrics.sequence import tag_spans, to_iob2
-from adapt.tasks.base import Task, model_inputs, pad_batch, predict_input
-from adapt.tasks.classification import SequenceClassification
+from adapt.tasks.base import Task, config_label_names, label_head_model, model_inputs, pad_batch, predict_input
 
 OUTSIDE = "O"
 DOCSTART = "-DOCSTART-"
@@ -176,7 +175,7 @@ class TokenClassification(Task):
     def read_file(self, path: Path) -> Dataset:
         kind, _ = data.split_suffix(path)
         if kind in data.TABLE_SUFFIXES:  # JSON/JSONL/Parquet with token and tag lists
-            return data.read_table(path)
+            return Task.read_file(self, path)  # a table, read with data.delimiter / data.header_names
         sentences, tags, lines = read_conll(path)
         cols = self.recipe.data.columns
         return Dataset.from_dict({cols.text: sentences, cols.label: tags, LINES_COLUMN: lines})
@@ -267,9 +266,12 @@ class TokenClassification(Task):
             sentences.append(words)
         return Dataset.from_dict({"tokens": sentences})
 
-    # ---- model: the same label-carrying config (id2label/label2id) as sequence classification ----------
-    build_model = SequenceClassification.build_model
-    restore_from_model = SequenceClassification.restore_from_model
+    # ---- model: a label-carrying config (id2label/label2id), as sequence classification -----------------
+    def build_model(self, path: str):
+        return label_head_model(self, path)
+
+    def restore_from_model(self, model) -> None:
+        self.label_names = config_label_names(model.config)
 
     def load_tokenizer(self, path: str):
         """The model's tokenizer, set to give every word its leading space (`prefix_space_for_words`)."""
