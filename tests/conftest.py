@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import functools
+import os
 from pathlib import Path
 
 import pytest
@@ -49,6 +51,24 @@ def build_tiny_bert(folder: Path, **config_overrides) -> Path:
     return folder
 
 
+_SESSION_ADAPT_CACHE = os.environ.get("ADAPT_CACHE")
+
+
+@functools.lru_cache(maxsize=1)
+def smollm2_dir() -> str:
+    """The embedded SmolLM2 as a local folder (its tokenizer: 49,152 tokens, a chat template), resolved once per
+    session in the cache the session started with, not in a test's fresh ADAPT_CACHE (`adapt_cache`), where it
+    would be dequantized from its GGUF again (~20 s a test)."""
+    from adapt.assets import resolve_model_path
+
+    with pytest.MonkeyPatch.context() as patch:
+        if _SESSION_ADAPT_CACHE is None:
+            patch.delenv("ADAPT_CACHE", raising=False)
+        else:
+            patch.setenv("ADAPT_CACHE", _SESSION_ADAPT_CACHE)
+        return resolve_model_path("embedded:smollm2")
+
+
 SMOLLM2_TEMPLATE = object()  # build_tiny_llama: keep the SmolLM2 tokenizer's own chat template
 
 
@@ -59,9 +79,7 @@ def build_tiny_llama(folder: Path, chat_template=SMOLLM2_TEMPLATE, **config_over
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from adapt.assets import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2"))
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
     if chat_template is not SMOLLM2_TEMPLATE:
         tokenizer.chat_template = chat_template
     settings = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

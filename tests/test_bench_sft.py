@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, smollm2_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -35,9 +35,7 @@ def alpaca_json(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer_dir() -> str:
-    from adapt.assets import resolve_model_path
-
-    return resolve_model_path("embedded:smollm2")
+    return smollm2_dir()
 
 
 def test_pairs_join_instruction_and_input_and_leave_out_empty_outputs(alpaca_json):

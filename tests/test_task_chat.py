@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import build_tiny_llama
+from conftest import build_tiny_llama, smollm2_dir
 from typer.testing import CliRunner
 
 from adapt.cli import app
@@ -167,9 +167,7 @@ def test_generation_pairs_answer_the_last_user_turn(tiny_chat):
 def test_a_template_that_rewrites_earlier_turns_is_refused(tmp_path):
     from transformers import AutoTokenizer
 
-    from adapt.assets import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2"))
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())
     # writes the number of turns at the top: every added turn changes the text before it
     tokenizer.chat_template = ("{{ messages | length }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n"
                                "{% endfor %}{% if add_generation_prompt %}assistant: {% endif %}")
@@ -289,7 +287,8 @@ def test_drop_invalid_rows_skips_them_with_a_note(tiny_chat, tmp_path, capsys):
     task = make_task(tiny_chat, [("task_options.drop_invalid_rows", True)])
     raw = task.read_source(str(data), "train")
     assert len(raw) == 2 and raw[0]["messages"] == GOOD["messages"]
-    assert f"note: {data}: skipped 2 of 4 conversations that cannot train" in capsys.readouterr().err
+    assert (f"note: {data}: skipped 2 of 4 conversations that cannot train (line 2, line 4; "
+            "task_options.drop_invalid_rows); the first: the conversation ends on a user turn") in capsys.readouterr().err
 
 
 # ---- end to end: train, save, chat -----------------------------------------------------------------------------

@@ -304,7 +304,7 @@ def run_dpo(tiny_llama, tmp_path, overrides=()) -> tuple[Path, dict]:
     run = tmp_path / "run"
     final = finetune(resolve_recipe("dpo", [
         ("model", str(tiny_llama)), ("data.train", str(write_jsonl(tmp_path / "pairs.jsonl", GOOD))),
-        ("data.max_train_examples", None), ("train.max_steps", 4), ("train.batch_size", 4), ("train.eval_steps", 2),
+        ("data.max_train_examples", None), ("train.max_steps", 2), ("train.batch_size", 4), ("train.eval_steps", 2),
         ("train.lr", 5e-3), ("train.max_length", 128), ("train.eval_on_start", True), ("data.validation_fraction", 0.2), ("output_dir", str(run)),
         ("tracking", []), *overrides]))
     return run, final

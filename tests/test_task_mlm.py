@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import NEGATIVE, POSITIVE, write_table
+from conftest import NEGATIVE, POSITIVE, smollm2_dir, write_table
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
@@ -304,9 +304,7 @@ def test_text_column_all_empty(tiny_bert, tmp_path, adapt_cache):
 def test_decoder_without_mask_token(tmp_path, adapt_cache):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from adapt.assets import resolve_model_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("embedded:smollm2"))
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir())  # not dequantized again into adapt_cache
     folder = tmp_path / "llama"
     LlamaForCausalLM(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                                  num_key_value_heads=1, vocab_size=len(tokenizer))).save_pretrained(folder)

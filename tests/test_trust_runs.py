@@ -244,7 +244,7 @@ def test_a_stale_lock_of_a_dead_process_does_not_block(tiny_bert, sentiment_csv_
 def test_concurrent_runs_in_two_processes_one_is_refused(tiny_bert, sentiment_csv_shared, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "ADAPT_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, "-m", "adapt", *run_args(tiny_bert, sentiment_csv_shared, out, "train.max_steps=200")]
+    command = [sys.executable, "-m", "adapt", *run_args(tiny_bert, sentiment_csv_shared, out, "train.max_steps=100000")]  # runs until the SIGTERM below, however slow the second start is
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120  # the first is training (its signal handlers are in place)

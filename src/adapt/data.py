@@ -623,6 +623,18 @@ def split_passages(text: str, min_chars: int) -> list[str]:
     return passages
 
 
+def note_skipped_rows(source: str, rows: list[int], total: int, what: str, reason: str | None = None) -> None:
+    """The stderr note of a task's task_options.drop_invalid_rows (the chat and DPO tasks): how many of the `total`
+    rows of `source` were skipped (`rows`: 0-based indices; `what`: "pairs", "conversations"), where the first
+    five sit (`row_location`) and, when given, why the first was (`reason`). Nothing when `rows` is empty."""
+    if not rows:
+        return
+    where = ", ".join(row_location(source, i) for i in rows[:5]) + (", ..." if len(rows) > 5 else "")
+    why = f"; the first: {reason}" if reason else ""
+    print(f"note: {source}: skipped {len(rows)} of {total} {what} that cannot train ({where}; "
+          f"task_options.drop_invalid_rows){why}", file=sys.stderr)
+
+
 def document_column(ds: Dataset, column: str, source: str) -> Dataset:
     """The documents of a table for language modelling (the causal and masked LM tasks): `column` alone,
     renamed `text`, its blank rows (null, or only whitespace, e.g. the empty lines of Hub WikiText) dropped, as

@@ -102,11 +102,8 @@ class Chat(CausalLM):
                 continue
             conversations.append(messages)
             texts.append(text)
-        if dropped:
-            row, reason = dropped[0]
-            print(f"note: {source}: skipped {len(dropped)} of {len(ds)} conversations that cannot train "
-                  f"(task_options.drop_invalid_rows), the first at {data.row_location(source, row)}: {reason}",
-                  file=sys.stderr)
+        data.note_skipped_rows(source, [row for row, _ in dropped], len(ds), "conversations",
+                               dropped[0][1] if dropped else None)
         return Dataset.from_dict({"messages": conversations, "text": texts})
 
     def setup(self, splits: dict[str, Dataset]) -> None:

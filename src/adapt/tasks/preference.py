@@ -19,7 +19,6 @@ Secretly a Reward Model", arXiv:2305.18290), in adapt's one training loop, with 
 from __future__ import annotations
 
 import copy
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -238,10 +237,7 @@ class DPO(CausalLM):
                 continue
             for key, value in zip(out, pair):
                 out[key].append(value)
-        if dropped:
-            where = ", ".join(data.row_location(source, i) for i in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
-            print(f"note: {source}: skipped {len(dropped)} of {len(ds)} pairs that cannot train ({where}; "
-                  "task_options.drop_invalid_rows)", file=sys.stderr)
+        data.note_skipped_rows(source, dropped, len(ds), "pairs")
         return Dataset.from_dict(out)
 
     def canonical_pair(self, prompt: Any, chosen: Any, rejected: Any, has_prompt: bool) -> tuple[str, str, str, bool]:
