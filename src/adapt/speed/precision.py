@@ -8,13 +8,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from adapt.errors import AdaptError
 
 # Stepping only the used rows pays while they are a minority: past this share the gather and scatter of the
 # rows cost about what the skipped work saves.
 MAX_USED_ROW_SHARE = 0.5
+# a checkpoint's skipped embedding rows and their pending decay (TrainableWeights.save_rows), beside its weights
+ROWS_FILE = "embedding_rows.safetensors"
 
 
 class UsedEmbeddingRows:
@@ -35,12 +37,20 @@ class UsedEmbeddingRows:
     def __init__(self, name: str, embedding: torch.nn.Embedding, table: torch.Tensor, index: torch.Tensor):
         self.name = name
         self.embedding = embedding
-        self.table = table  # fp32 master of every row, exact as of the last sync
+        # fp32 master of every row, exact as of the last sync; in fp32 training the model's own weight, which is
+        # read through the module every time: a tensor kept from before `accelerator.prepare` may no longer be
+        # its storage (with DDP the parameter's data is replaced), and then `load` and `sync` would miss the model
+        self._master = None if table.data_ptr() == embedding.weight.data_ptr() else table
         self.index = index  # the used rows, sorted
         # row -> position in the compact copy; -1 makes a token outside the used set fail loudly
         self.position = torch.full((table.shape[0],), -1, dtype=torch.long, device=index.device)
         self.position[index] = torch.arange(len(index), device=index.device)
         self.decay = 1.0  # product of (1 - lr * wd) over the steps since the last sync
+
+    @property
+    def table(self) -> torch.Tensor:
+        """The fp32 master table: the masters' copy in bf16-master mode, else the embedding's current weight."""
+        return self.embedding.weight.detach() if self._master is None else self._master
 
     @staticmethod
     def find(model: torch.nn.Module, fp32: dict[str, torch.Tensor], token_ids: torch.Tensor | None) -> UsedEmbeddingRows | None:
@@ -204,8 +214,50 @@ class TrainableWeights:
             masters[self.rows.name] = self.rows.table
         return masters
 
-    def state(self) -> dict[str, torch.Tensor]:
+    def state(self, checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
+        """Every trainable weight's master value as CPU tensors, after a `sync` (the model's table made whole).
+        With `checkpoint` (the folder of a checkpoint being written): the same values without the `sync` (see
+        `snapshot`), and the skipped embedding rows written into that folder (`save_rows`) for `load`."""
+        if checkpoint is not None:
+            self.save_rows(checkpoint)
+            return self.snapshot()
         return {n: t.detach().contiguous().cpu() for n, t in self._masters().items()}
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        """What `state()` returns, without its `sync`: for checkpoints, which a signal may take at any step and
+        which must leave the run's arithmetic as it was, so the skipped rows' pending decay is applied to a copy,
+        not folded into the table (see `save_rows`)."""
+        masters = dict(self.params)
+        if self.rows:
+            rows = self.rows
+            with torch.no_grad():  # as `sync` computes it, on a copy
+                table = rows.table * rows.decay if rows.decay != 1.0 else rows.table.clone()
+                table.index_copy_(0, rows.index, self.params[rows.name].detach().to(table.dtype))
+            masters[rows.name] = table
+        return {n: t.detach().contiguous().cpu() for n, t in masters.items()}
+
+    def save_rows(self, folder: Path) -> None:
+        """Beside a checkpoint's weights (`snapshot()`), the skipped embedding rows as the run holds them: the table
+        as of the last sync and the decay pending since (float64), in `ROWS_FILE`. `load` restores them, so that
+        a resumed run applies the decay at the same steps, with the same rounding, as an uninterrupted one
+        ((t * a) * b is not t * (a * b) in floating point); nothing is written without skipped rows."""
+        if self.rows:
+            save_file({"table": self.rows.table.detach().contiguous().cpu(),
+                       "decay": torch.tensor([self.rows.decay], dtype=torch.float64)}, str(folder / ROWS_FILE))
+
+    def _load_rows(self, path: Path) -> None:
+        """Restore what `save_rows` wrote (after `load` has restored the weights and the used rows)."""
+        saved = load_file(str(path))
+        rows = self.rows
+        if saved["table"].shape != rows.table.shape:
+            raise AdaptError(f"{path}: an embedding table of shape {tuple(saved['table'].shape)}, the model's is "
+                             f"{tuple(rows.table.shape)}; was the recipe changed since the checkpoint was written?")
+        with torch.no_grad():
+            rows.table.copy_(saved["table"])
+            rows.decay = float(saved["decay"][0])
+            rows.table.index_copy_(0, rows.index, self.params[rows.name].detach())
+            if self.master:  # the model's bf16 table as the run had it: the skipped rows as of the last sync
+                self.model_params[rows.name].copy_(rows.table)
 
     def load(self, path: Path) -> None:
         state = load_file(str(path))
@@ -224,6 +276,8 @@ class TrainableWeights:
         if self.master:
             self._refresh_model()
         self.sync()
+        if self.rows and (path.parent / ROWS_FILE).exists():
+            self._load_rows(path.parent / ROWS_FILE)
 
     def finalize(self, model: torch.nn.Module) -> None:
         """Put the fp32 master values back into an fp32 model, for saving (in fp32, bring the skipped
