@@ -16,20 +16,9 @@ from adapt.cli import app
 from adapt.errors import AdaptError
 from adapt.metrics import multi_label_scores, tune_threshold
 from adapt.recipe import resolve_recipe
-from adapt.tasks import get_task
+from test_task_regression import refused, task_for
 
 NAMES = ["joy", "anger", "fear"]
-
-
-def task_for(train: Path, *overrides):
-    return get_task(resolve_recipe("sentiment", [("data.train", str(train)), ("tracking", []),
-                                                 ("data.label_names", None), *overrides]))
-
-
-def refused(train: Path, *overrides) -> str:
-    with pytest.raises(AdaptError) as err:
-        task_for(train, *overrides).read_source(str(train), "train")
-    return str(err.value)
 
 
 def write_tsv(path: Path, rows: list[tuple[str, str]]) -> Path:
