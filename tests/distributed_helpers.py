@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from adapt import checkpoint
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "accelerate"
+# a 2-process job of these tests takes 10-60 s on 2 loaded cores; a hung one fails its test well before CI's limit
+JOB_TIMEOUT = 240
 
 
 def free_port() -> int:
@@ -55,7 +57,7 @@ def env(cache: Path) -> dict:
 
 def run(command: list[str], cache: Path, ok: bool = True) -> subprocess.CompletedProcess:
     """Run a launched job to its end; with `ok`, assert it succeeded (its stderr tail as the message)."""
-    done = subprocess.run(command, env=env(cache), capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=env(cache), capture_output=True, text=True, timeout=JOB_TIMEOUT)
     if ok:
         assert done.returncode == 0, done.stderr[-4000:]
     return done

@@ -8,7 +8,7 @@ import csv
 import json
 import subprocess
 
-from distributed_helpers import cpu_config, env, free_port, launch
+from distributed_helpers import JOB_TIMEOUT, cpu_config, env, free_port, launch
 
 
 def test_two_nodes_train_evaluate_each_example_once_and_save_once(tiny_bert, sentiment_csv, tmp_path):
@@ -24,7 +24,7 @@ def test_two_nodes_train_evaluate_each_example_once_and_save_once(tiny_bert, sen
                                                 main_process_ip="127.0.0.1", main_process_port=port), *args),
                               env=env(cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for rank in (0, 1)]
-    results = [node.communicate(timeout=600) for node in nodes]
+    results = [node.communicate(timeout=JOB_TIMEOUT) for node in nodes]
     for node, (_, stderr) in zip(nodes, results):
         assert node.returncode == 0, stderr[-4000:]
 

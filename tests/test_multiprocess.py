@@ -9,13 +9,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distributed_helpers import JOB_TIMEOUT
+
 
 def _finetune(model: Path, data: Path, out: Path, cache: Path, *extra: str) -> dict:
     command = [sys.executable, "-m", "adapt", "finetune", "--model", str(model), "--data", str(data),
                "--max-steps", "6", "--output-dir", str(out), "--seed", "3", "tracking=[]",
                "train.mixed_precision=no", "train.lr=1e-3", *extra]
     env = {**os.environ, "ADAPT_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads((out / "metrics.json").read_text())
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from distributed_helpers import assert_bitwise_equal, descendants, env, weights
+from distributed_helpers import JOB_TIMEOUT, assert_bitwise_equal, descendants, env, weights
 
 from adapt import checkpoint
 
@@ -69,7 +69,7 @@ def test_a_signal_saves_a_checkpoint_in_every_process_and_resume_finishes_the_ru
     assert to == "launcher" or len(_workers(job.pid)) == 2
     for pid in targets:
         os.kill(pid, sent)
-    _, stderr = job.communicate(timeout=300)
+    _, stderr = job.communicate(timeout=JOB_TIMEOUT)
 
     assert job.returncode == 130, stderr[-3000:]
     assert not (out / "metrics.json").exists(), "the run ended before the signal"
@@ -84,9 +84,9 @@ def test_a_signal_saves_a_checkpoint_in_every_process_and_resume_finishes_the_ru
 
     if sent == signal.SIGTERM:  # and the requeued job continues to the same end as an uninterrupted one
         reference = root / "reference"
-        subprocess.run(_command(model, data, reference), env=env(cache), check=True, capture_output=True, timeout=600)
+        subprocess.run(_command(model, data, reference), env=env(cache), check=True, capture_output=True, timeout=JOB_TIMEOUT)
         resumed = subprocess.run(_command(model, data, out, "--resume"), env=env(cache), capture_output=True,
-                                 text=True, timeout=600)
+                                 text=True, timeout=JOB_TIMEOUT)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         assert_bitwise_equal(weights(reference), weights(out))
         ref_metrics, metrics = (json.loads((d / "metrics.json").read_text()) for d in (reference, out))

@@ -85,7 +85,8 @@ def start(accelerator, recipe: Recipe) -> None:
 def finish(accelerator, recipe: Recipe, final: dict[str, Any], card: Path, step: int) -> None:
     """Log the run's final validation/test scores (`final/validation/<metric>`, `final/test/<metric>`) at `step`
     and the model card `card` as an artefact to every started tracker (main process only, as Accelerate's
-    trackers are). Call before `accelerator.end_training()`."""
+    trackers are), then finish the trackers (what `accelerator.end_training()` does besides ending the process
+    group, which `train.finetune` ends only once the model is freed)."""
     if not recipe.tracking or not accelerator.is_main_process:
         return
     scores = {f"final/{split}/{key}": value for split in ("validation", "test")
@@ -107,3 +108,5 @@ def finish(accelerator, recipe: Recipe, final: dict[str, Any], card: Path, step:
             artifact = wandb.Artifact(f"{recipe.name}-model-card", type=CARD_ARTIFACT_TYPE)
             artifact.add_file(str(card), name="README.md")
             tracker.run.log_artifact(artifact)
+    for tracker in accelerator.trackers:
+        tracker.finish()

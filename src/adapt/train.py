@@ -4,6 +4,7 @@ selection, early stopping, atomic checkpoints and exact resume. Read it top to b
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import shutil
@@ -318,7 +319,7 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
             rundir.recover_swap(output_dir)
         plan = rundir.plan_run(output_dir, recipe, overwrite, resume)
         try:
-            return _train(recipe, plan, interrupted)
+            final = _train(recipe, plan, interrupted)
         except BaseException as err:
             removed = False  # a fresh run that failed before its first checkpoint leaves nothing behind
             if is_main:
@@ -333,6 +334,20 @@ def finetune(recipe: Recipe, overwrite: bool = False, resume: bool | str | None 
                 raise AdaptError(f"{err}; the run's checkpoints in {plan.work_dir / CHECKPOINTS} are kept: once that "
                                  "is fixed, run the same command with --resume") from None
             raise
+    end_process_group()
+    return final
+
+
+def end_process_group() -> None:
+    """End the distributed process group of a finished multi-process run, after `_train` has returned and its
+    DistributedDataParallel wrapper is freed. The other order deadlocks at random: the DDP reducer would then
+    hold the group's last reference and join gloo's worker threads from its destructor with the GIL held, while
+    a worker still frees the tensors of the last collective, for which it needs the GIL. Ended here, the group is
+    freed through torch's binding, which releases the GIL first. (A failed run leaves the group to the
+    interpreter's exit, after the traceback, and with it the model, is gone.)"""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        gc.collect()  # a wrapper caught in a reference cycle is freed now, not after the group
+        torch.distributed.destroy_process_group()
 
 
 def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> dict[str, Any]:
@@ -665,7 +680,6 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
         tracking.finish(accelerator, recipe, final, work_dir / "README.md", state.step)  # final scores, card
         final["wall_seconds"] = round(time.perf_counter() - t_start, 2)
         outputs.atomic_write_json(work_dir / "metrics.json", final)
-    accelerator.end_training()
     if is_main:
         rundir.commit(plan)  # --overwrite: the finished run replaces the old one only now
         console.print(summary_table(recipe, final, output_dir, metric_name))
