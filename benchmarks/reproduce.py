@@ -1,6 +1,7 @@
 """`make reproduce`: run every recipe on the shared benchmark data with the embedded models on small fixed
 budgets (each an `adapt finetune` child process with explicit overrides), then write results/RESULTS.md
-(our numbers next to published references), one plot per run, and results/MACHINE.md.
+(our numbers next to published references), one plot per run, and results/MACHINE.md (the machine of this
+invocation; each stored result also keeps a short tag of the machine it ran on, shown per row).
 
     python benchmarks/reproduce.py --data ../shared/data --out results [--only sentiment,ner] [--dry-run]
 
@@ -286,8 +287,10 @@ def results_markdown(rows: list[tuple[Benchmark, str, dict]], data_dir: Path) ->
     lines = [
         "# adapt: reproduced results",
         "",
-        f"Produced by `python benchmarks/reproduce.py --data {data_dir}` (`make reproduce`) on the machine described "
-        "in [MACHINE.md](MACHINE.md), seed 42. Every run is a plain `adapt finetune` with the recipe's settings "
+        f"Produced by `python benchmarks/reproduce.py --data {data_dir}` (`make reproduce`), seed 42. Each row is "
+        "the latest run of its benchmark, possibly from an earlier invocation on another machine: its *machine* "
+        "column names the machine it ran on (listed below the table; [MACHINE.md](MACHINE.md) details the "
+        "machine of the latest invocation). Every run is a plain `adapt finetune` with the recipe's settings "
         "and the explicit overrides shown below, on a small fixed budget of optimizer steps so that all of them "
         "finish on a 2-core CPU in under 3 hours.",
         "",
@@ -298,27 +301,40 @@ def results_markdown(rows: list[tuple[Benchmark, str, dict]], data_dir: Path) ->
         "*Before training* is the same model scored on the same validation examples before its first update "
         "(`train.eval_on_start=true`): the baseline each generation and language-modelling run must beat.",
         "",
-        "| run | task | dataset | model | steps | wall time | train samples/s | validation metric | before training | "
-        "test | published reference |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| run | task | dataset | model | steps | wall time | machine | train samples/s | validation metric | "
+        "before training | test | published reference |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    machines: dict[str, str] = {}  # machine tag -> its label in the table (M1, M2, ...), in order of appearance
+
+    def machine(result: dict) -> str:
+        if "command" not in result:  # never ran: no machine
+            return "-"
+        if not result.get("machine"):
+            return "not recorded"
+        return machines.setdefault(result["machine"], f"M{len(machines) + 1}")
+
     for bench, model, result in rows:
         if result["status"] != "ok":
-            lines.append(f"| {bench.name} | {bench.recipe} | {bench.dataset} | {model} | - | - | - | "
-                         f"{result['status']} | - | - | {bench.reference} |")
+            lines.append(f"| {bench.name} | {bench.recipe} | {bench.dataset} | {model} | - | - | {machine(result)} | "
+                         f"- | {result['status']} | - | - | {bench.reference} |")
             continue
         m = result["metrics"]
         stale = " (settings changed since: rerun this row)" if result.get("stale") else ""
         lines.append(
             f"| {bench.name}{stale} | {bench.recipe} | {bench.dataset} | {model} | {m.get('train_steps')} | "
-            f"{format_duration(result['wall_seconds'])} | {m.get('train_samples_per_s', 0):.1f} | "
+            f"{format_duration(result['wall_seconds'])} | {machine(result)} | {m.get('train_samples_per_s', 0):.1f} | "
             f"{result['metric']} {_number(result['value'])} | "
             f"{_number(m.get('initial_validation', {}).get(result['metric']))} | "
             f"{_number(result['test_value'])} | {bench.reference} |"
         )
+    if machines:
+        lines += ["", "Machines: " + "; ".join(f"{label} = {tag}" for tag, label in machines.items()) + "."]
     total = sum(result.get("wall_seconds", 0.0) for _, _, result in rows)
-    lines += ["", f"All runs together: {format_duration(total)}. Each row is the latest run of its benchmark "
-              "(kept in runs/NAME.json beside this file); `--only NAME` refreshes one row and keeps the others.",
+    lines += ["", f"Wall times of the rows shown, summed: {format_duration(total)}. Each row is the latest run of its "
+              "benchmark (kept in runs/NAME.json beside this file; `--only NAME` refreshes one row and keeps the "
+              "others), so the rows may come from separate invocations and machines: the sum is not the duration "
+              "of one `make reproduce`.",
               "", "## Commands", ""]
     for bench, _, result in rows:
         if "command" in result:
@@ -330,7 +346,8 @@ def results_markdown(rows: list[tuple[Benchmark, str, dict]], data_dir: Path) ->
     return "\n".join(lines) + "\n"
 
 
-def machine_markdown() -> str:
+def machine_facts() -> dict[str, object]:
+    """This machine and software, as MACHINE.md lists them (name -> value)."""
     import accelerate
     import datasets
     import psutil
@@ -342,12 +359,13 @@ def machine_markdown() -> str:
     if cpuinfo.exists():
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
         cpu = names[0] if names else cpu
-    rows = {
+    return {
         "CPU": cpu,
         "logical cores": os.cpu_count(),
         "physical cores": psutil.cpu_count(logical=False),
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
         "GPU": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "CPU vector instructions (torch)": torch.backends.cpu.get_cpu_capability(),
         "bf16 CPU matmul (AVX512-BF16/AMX)": torch.ops.mkldnn._is_mkldnn_bf16_supported(),
         "torch threads": torch.get_num_threads(),
         "OS": platform.platform(),
@@ -357,8 +375,20 @@ def machine_markdown() -> str:
         "datasets": datasets.__version__,
         "accelerate": accelerate.__version__,
     }
-    table = "\n".join(f"| {k} | {v} |" for k, v in rows.items())
-    return f"# Machine used for RESULTS.md\n\n| | |\n|---|---|\n{table}\n"
+
+
+def machine_tag(facts: dict[str, object]) -> str:
+    """The short machine description stored with each result (runs/NAME.json "machine") and shown per row of
+    RESULTS.md: CPU model, vector instructions, bf16 matmul support, and the GPU if any."""
+    bf16 = "bf16 matmul" if facts["bf16 CPU matmul (AVX512-BF16/AMX)"] else "no bf16 matmul"
+    gpu = f", GPU {facts['GPU']}" if facts["GPU"] != "none" else ""
+    return f"{facts['CPU']} ({facts['logical cores']} cores, {facts['CPU vector instructions (torch)']}, {bf16}){gpu}"
+
+
+def machine_markdown(facts: dict[str, object]) -> str:
+    table = "\n".join(f"| {k} | {v} |" for k, v in facts.items())
+    return (f"# Machine of the latest reproduce.py invocation\n\nRows of RESULTS.md run elsewhere name their own "
+            f"machine.\n\n| | |\n|---|---|\n{table}\n")
 
 
 def main() -> int:
@@ -383,6 +413,7 @@ def main() -> int:
         out.mkdir(parents=True, exist_ok=True)
 
     ran_now: dict[str, dict] = {}  # this invocation's results (a two-step benchmark checks its first step's)
+    facts = None if args.dry_run else machine_facts()
     for bench in chosen:
         sources, unavailable = data_sources(bench, data_dir)
         if not unavailable and not args.dry_run:
@@ -398,13 +429,14 @@ def main() -> int:
         result = run_benchmark(bench, sources, runs_dir, out)
         result["command"] = display_command(command, data_dir, args.data)
         result["finished"] = time.strftime("%Y-%m-%d %H:%M")
+        result["machine"] = machine_tag(facts)
         store_result(out, bench, result)
         ran_now[bench.name] = result
     if args.dry_run:
         return 0
     rows = collect_rows(out, data_dir, args.data, runs_dir)  # every benchmark's latest result, not only these
     atomic_write_text(out / "RESULTS.md", results_markdown(rows, Path(args.data)))
-    atomic_write_text(out / "MACHINE.md", machine_markdown())
+    atomic_write_text(out / "MACHINE.md", machine_markdown(facts))
     print(f"wrote {out / 'RESULTS.md'} (rows refreshed now: {', '.join(ran_now) or 'none'}) and {out / 'MACHINE.md'}")
     return 0 if all(r["status"] == "ok" or r["status"].startswith("not available") for r in ran_now.values()) else 1
 

@@ -299,3 +299,25 @@ def test_document_column_renames_drops_blank_rows_and_refuses_non_text(tmp_path)
     path.write_text('\n{"body": 7}\n{"body": 8}\n')  # a blank first line: the row's own line is named
     with pytest.raises(AdaptError, match=r"docs.jsonl: line 2: 'body' is not text \(7\); give each document as"):
         data.document_column(data.read_table(path), "body", str(path))
+
+
+def test_row_location_follows_the_layout_the_file_was_read_with(tmp_path):
+    path = tmp_path / "semi.csv"
+    path.write_text("text,label\ngood,1\nbad,0\n", encoding="utf-8")
+    assert data.read_table(path, ",")["text"] == ["good", "bad"]
+    assert [data.row_location(str(path), i) for i in range(2)] == ["line 2", "line 3"]  # after the header line
+    assert data.read_table(path, ",", ["a", "b"])["a"] == ["text", "good", "bad"]
+    assert [data.row_location(str(path), i) for i in range(3)] == ["line 1", "line 2", "line 3"]
+    # an empty header_names named no fields, yet the file was read with its header line and its rows were
+    # located as if it had none (one line early): refused
+    with pytest.raises(AdaptError, match=r"semi.csv: data.header_names is empty; name the file's fields in order, or "
+                                         r"leave it out when the file has a header line$"):
+        data.read_table(path, ",", [])
+    data.read_table(path)  # read again as it comes: the layout of the read before is not kept
+    assert [data.row_location(str(path), i) for i in range(2)] == ["line 2", "line 3"]
+
+
+def test_recipe_refuses_empty_header_names():
+    with pytest.raises(AdaptError, match=r"^override data.header_names=\[\]: bad value for 'data.header_names': List "
+                                         r"should have at least 1 item"):
+        resolve_recipe("sentiment", [("data.header_names", [])])

@@ -195,3 +195,64 @@ def test_builtin_names_never_reach_evaluate(tmp_path, monkeypatch):
     p = write(tmp_path / "p.txt", ["pos", "neg", "pos"])
     r = write(tmp_path / "r.txt", ["pos", "pos", "pos"])
     assert scores(cli("-m", "accuracy", "-p", p, "-r", r, "--json"))["accuracy"]["accuracy"] == pytest.approx(2 / 3)
+
+
+TRUTH = HEADER + '''class Truth(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(description="agreement of truth values", citation="", inputs_description="",
+                                   features=datasets.Features({"predictions": datasets.Value("bool"),
+                                                               "references": datasets.Value("bool")}))
+
+    def _compute(self, predictions, references):
+        assert all(type(v) is bool for v in predictions + references), (predictions, references)
+        return {"agreement": sum(p == r for p, r in zip(predictions, references)) / len(predictions)}
+'''
+
+
+def test_bool_features_get_true_and_false(tmp_path):
+    from datasets import Value
+
+    from adapt.errors import AdaptError
+    from adapt.metrics.evaluate_module import cast
+
+    cast_values = [cast(v, Value("bool"), "x") for v in (True, 0, "1", " true", "False", 1.0)]
+    assert cast_values == [True, False, True, True, False, True] and all(type(v) is bool for v in cast_values)
+    with pytest.raises(AdaptError, match=r"^x: 2 is not a truth value; the metric's features take bool"):
+        cast(2, Value("bool"), "x")
+    (tmp_path / "truth.py").write_text(TRUTH)
+    p = write(tmp_path / "p.txt", ["true", "0", "1"])
+    r = write(tmp_path / "r.txt", ["1", "false", "false"])
+    assert scores(cli("-m", "./truth.py", "-p", p, "-r", r, "--json")) == {"truth": {"agreement": 2 / 3}}
+
+
+def test_clm_perplexity_rows_are_not_predictions_for_a_module(tmp_path):
+    """A clm run's predictions file holds the input text with its nll/perplexity: its 'text' is no prediction."""
+    (tmp_path / "my_metric.py").write_text(EXACT)
+    p = write(tmp_path / "predictions_validation.jsonl", [{"text": "the cat sat", "nll": 2.5, "perplexity": 12.2}])
+    r = write(tmp_path / "r.txt", ["the cat sat"])
+    result = cli("-m", "./my_metric.py", "-p", p, "-r", r, "--json")
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.stderr == (f"error: {p} line 1: the row holds per-example perplexity (nll, perplexity), not a "
+                             "prediction; the row has: text, nll, perplexity; evaluate metrics read one value per "
+                             "line, or .jsonl with a model-output field (prediction, prediction_text, "
+                             "generated_text, label, tags, text; references: label, tags, answers, references, "
+                             "completion, target, text)\n")
+
+
+def test_metrics_reported_under_one_name_are_refused(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "exact.py").write_text(EXACT)
+    (tmp_path / "accuracy.py").write_text(EXACT)
+    (tmp_path / "model.py").write_text(EXACT)
+    p = write(tmp_path / "p.txt", ["x"])
+    result = cli("-m", "./a/exact.py", "-m", "./b/exact.py", "-p", p, "-r", p, "--json")
+    assert result.exit_code == 2 and result.stderr == (
+        "error: --metric ./b/exact.py: its scores would be reported under 'exact', which already holds the scores of "
+        "--metric ./a/exact.py; rename the metric script (its file name names its scores)\n")
+    result = cli("-m", "accuracy", "-m", "./accuracy.py", "-p", p, "-r", p, "--json")
+    assert result.exit_code == 2 and "which already holds the scores of the built-in --metric accuracy" in result.stderr
+    result = cli("--model", str(tmp_path / "no_run"), "-m", "./model.py", "--json")  # refused before any loading
+    assert result.exit_code == 2 and "reported under 'model', which already holds the model's own scores" in result.stderr
+    assert scores(cli("-m", "./a/exact.py", "-m", "./a/exact.py", "-p", p, "-r", p, "--json")) == {
+        "exact": {"exact_match": 1.0}}  # the same script twice is one metric

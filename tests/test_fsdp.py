@@ -111,9 +111,24 @@ def test_lora_under_fsdp_saves_the_trained_adapter(setup):
         assert torch.equal(torch.cat([shard[key] for shard in shards]), value), name
 
 
+def test_bf16_master_weights_under_fsdp_are_refused_before_the_data_is_read(setup):
+    """The refusal needs only the recipe and the launcher's config: it comes before the data is read and
+    tokenized (nothing in the feature cache) and before the model is built, with one line and nothing written."""
+    model, data, _, root = setup
+    out, cache = root / "bf16-master", root / "cache-bf16-master"
+    refused = run(launch(cpu_config("fsdp", root), *_args(model, data, out), "train.mixed_precision=bf16-master"),
+                  cache, ok=False)
+    assert refused.returncode != 0
+    assert ("error: train.mixed_precision: bf16-master is the speed layer's own master-weight mode and does not apply "
+            "to sharded (FSDP/DeepSpeed) runs") in refused.stderr
+    assert "adapt/train.py" not in refused.stderr  # one line, no traceback
+    assert not out.exists() and not cache.exists()
+
+
 # ---- DeepSpeed, and the GPU check's sharded runs --------------------------------------------------------
+@pytest.mark.parametrize("flag", ["true", "1"])  # Accelerate reads either as on (parse_flag_from_env)
 def test_deepspeed_on_a_machine_without_gpus_is_refused_before_anything_is_written(tiny_bert, sentiment_csv,
-                                                                                   tmp_path, monkeypatch):
+                                                                                   tmp_path, monkeypatch, flag):
     import torch
 
     from adapt.errors import AdaptError
@@ -121,7 +136,7 @@ def test_deepspeed_on_a_machine_without_gpus_is_refused_before_anything_is_writt
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA GPUs: DeepSpeed runs there")
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")  # what `accelerate launch` sets for deepspeed_zero2.yaml
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", flag)  # what `accelerate launch` sets for deepspeed_zero2.yaml
     with pytest.raises(AdaptError) as caught:
         run_tiny_finetune(tiny_bert, sentiment_csv, tmp_path / "run", tmp_path / "cache")
     assert str(caught.value) == ("the Accelerate config asks for DeepSpeed, which adapt runs on CUDA GPUs only and this "
@@ -228,3 +243,36 @@ def test_bf16_master_weights_are_refused_under_sharding():
     with pytest.raises(AdaptError, match="bf16-master is the speed layer's own master-weight mode and does not apply "
                                          r"to sharded \(FSDP/DeepSpeed\) runs"):
         fsdp.check_precision("bf16-master")
+
+
+def test_generation_of_a_sharded_model_runs_synced_across_processes(monkeypatch):
+    """Under FSDP every new token's forward gathers weights from all processes, so transformers' generate()
+    must keep every process stepping until all have finished (`synced_gpus`); it decides so only for a model
+    marked FSDP-managed, which Accelerate's fully_shard does not mark. Checked on the decision transformers
+    itself makes with 2 processes, for the model generate runs on under peft (LoRA)."""
+    import torch
+    import transformers.generation.utils as generation
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from adapt import fsdp
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                                         num_attention_heads=2, num_key_value_heads=1, vocab_size=64))
+    wrapped = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    synced = []
+
+    def unfinished(self, this_peer_finished, synced_gpus, device):  # no process group here: record, then step alone
+        synced.append(synced_gpus)
+        return not this_peer_finished
+
+    monkeypatch.setattr(generation, "_get_torch_distributed_world_size", lambda: 2)
+    monkeypatch.setattr(generation.GenerationMixin, "_has_unfinished_sequences", unfinished)
+    prompt = {"input_ids": torch.tensor([[1, 5, 7]]), "max_new_tokens": 2, "do_sample": False, "pad_token_id": 0}
+    wrapped.generate(**prompt)
+    assert synced and not any(synced)  # as Accelerate leaves a sharded model
+    synced.clear()
+    fsdp.mark_for_generation(wrapped)
+    wrapped.generate(**prompt)
+    assert synced and all(synced)

@@ -163,3 +163,23 @@ def test_finished_run_is_uploaded_with_its_card(tiny_bert, sentiment_csv, tmp_pa
     for name in ("README.md", "model.safetensors", "metrics.json"):
         assert fake_hub.files[name] == (output / name).read_bytes()
     assert "library_name: transformers" in fake_hub.files["README.md"].decode()
+
+
+def test_evaluate_modules_ask_the_hub_with_the_same_http_check(fake_hub, monkeypatch):
+    """One reachability check (a HEAD request through huggingface_hub's session, whose proxy settings apply) for
+    --push-to-hub and for evaluate Hub ids, not a raw TCP connection that would bypass HTTPS_PROXY."""
+    import evaluate
+    from huggingface_hub import constants
+
+    from adapt.hub import unreachable_reason
+    from adapt.metrics.evaluate_module import hub_reachable
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", False)
+    assert unreachable_reason() is None and hub_reachable()
+    assert fake_hub.calls == [("HEAD", "/"), ("HEAD", "/")]
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    assert unreachable_reason() and not hub_reachable()
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)  # offline: not even asked
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{fake_hub.server_port}")
+    assert not hub_reachable() and len(fake_hub.calls) == 2

@@ -28,6 +28,10 @@ def data_dir(tmp_path) -> Path:
     return root
 
 
+FACTS = {"CPU": "Test CPU 9000", "logical cores": 2, "GPU": "none", "CPU vector instructions (torch)": "AVX2",
+         "bf16 CPU matmul (AVX512-BF16/AMX)": False}
+
+
 def bench(name: str) -> reproduce.Benchmark:
     return next(b for b in reproduce.BENCHMARKS if b.name == name)
 
@@ -48,7 +52,7 @@ def run_main(monkeypatch, data_dir: Path, tmp_path: Path, *only: str, outcome=No
                 "metrics": {"train_steps": b.max_steps, "train_samples_per_s": 10.0, "validation": {}}}
 
     monkeypatch.setattr(reproduce, "run_benchmark", fake_run)
-    monkeypatch.setattr(reproduce, "machine_markdown", lambda: "# machine\n")
+    monkeypatch.setattr(reproduce, "machine_facts", lambda: dict(FACTS))
     monkeypatch.setattr(sys, "argv", ["reproduce.py", "--data", str(data_dir), "--out", str(tmp_path / "results"),
                                       "--runs", str(tmp_path / "runs"), "--only", ",".join(only)])
     return reproduce.main(), ran
@@ -146,3 +150,27 @@ def test_pairs_row_reads_the_local_mrpc_copy():
     assert len(dev) == 408 and sorted(dev.column_names) == ["label", "text", "text_pair"]
     assert sorted(set(dev["label"])) == ["equivalent", "not_equivalent"]
     assert dev[0]["text"].startswith("He said the foodservice pie business")
+
+
+def test_each_row_names_the_machine_it_ran_on(monkeypatch, data_dir, tmp_path):
+    results = tmp_path / "results"
+    run_main(monkeypatch, data_dir, tmp_path, "sentiment")
+    stored = json.loads((results / "runs" / "sentiment.json").read_text())
+    assert stored["machine"] == "Test CPU 9000 (2 cores, AVX2, no bf16 matmul)"
+    # a row imported from an earlier RESULTS.md has no machine tag
+    imported = {**stored, "finished": "before 2026-11-30; imported"}
+    del imported["machine"]
+    (results / "runs" / "pairs.json").write_text(json.dumps(imported))
+    monkeypatch.setitem(FACTS, "GPU", "Test GPU")
+    run_main(monkeypatch, data_dir, tmp_path, "mlm")
+    assert json.loads((results / "runs" / "mlm.json").read_text())["machine"] == (
+        "Test CPU 9000 (2 cores, AVX2, no bf16 matmul), GPU Test GPU")
+    assert "| 1m00s | M1 |" in row(results, "sentiment")
+    assert "| not recorded |" in row(results, "pairs")
+    assert "| 1m00s | M2 |" in row(results, "mlm")
+    assert "| - | not run yet |" in row(results, "sentiment-mlm")
+    text = (results / "RESULTS.md").read_text()
+    assert ("Machines: M1 = Test CPU 9000 (2 cores, AVX2, no bf16 matmul); M2 = Test CPU 9000 (2 cores, AVX2, no bf16 "
+            "matmul), GPU Test GPU.") in text
+    assert "Wall times of the rows shown, summed: 3m00s." in text and "All runs together" not in text
+    assert "| GPU | Test GPU |" in (results / "MACHINE.md").read_text()

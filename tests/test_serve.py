@@ -249,6 +249,21 @@ def test_openai_errors_for_unknown_model_and_bounds(chat):
     assert response.status_code == 400 and "malformed JSON" in response.json()["error"]["message"]
 
 
+def test_prompt_and_max_tokens_must_fit_the_models_positions(chat_run):
+    service = load_service(str(chat_run))  # default limits: only the model's 256 positions bound these
+    prompt = "word " * 100
+    size = len(service.task.tokenizer(prompt)["input_ids"])
+    with running(service) as url:
+        body = {"model": service.name, "prompt": prompt, "max_tokens": 256 - size + 1}
+        response = httpx.post(f"{url}/v1/completions", json=body, timeout=60)
+        assert response.status_code == 422 and response.json()["error"] == {
+            "message": f"the prompt's {size} tokens and max_tokens {256 - size + 1} are over the model's 256 "
+                       "positions; shorten the prompt or lower max_tokens",
+            "type": "invalid_request_error", "param": "prompt", "code": "context_length_exceeded"}
+        response = httpx.post(f"{url}/v1/completions", json={**body, "max_tokens": 4}, timeout=60)
+        assert response.status_code == 200 and response.json()["usage"]["prompt_tokens"] == size
+
+
 def test_openai_client_talks_to_the_server(chat):
     openai = pytest.importorskip("openai")
     run, url, name = chat

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 from accelerate import Accelerator
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from adapt import checkpoint
 from adapt.errors import AdaptError
@@ -49,6 +49,7 @@ def test_a_checkpoint_at_any_step_resumes_bitwise(tmp_path, master):
     steps(model, opt, scheduler, data[:STOP])
     checkpoint.save_main_state(tmp_path, opt.weights.state(checkpoint=tmp_path), opt.optimizer, scheduler, {})
     assert opt.weights.rows.decay != 1.0  # the snapshot folded nothing into the running table
+    assert load_file(str(tmp_path / ROWS_FILE)).keys() == {"decay"}  # the table is in model.safetensors alone
     steps(model, opt, scheduler, data[STOP:])
     assert all(torch.equal(opt.weights.state()[n], reference[n]) for n in reference)  # the saving run
 
@@ -81,9 +82,19 @@ def test_load_reaches_the_model_after_its_parameter_storage_was_replaced(tmp_pat
 
 def test_rows_of_another_table_are_refused(tmp_path):
     model, opt, _ = setup(False)
-    save_file(opt.weights.state(), str(tmp_path / "model.safetensors"))
-    save_file({"table": torch.zeros(VOCAB + 1, 32), "decay": torch.ones(1, dtype=torch.float64)},
-              str(tmp_path / ROWS_FILE))
-    with pytest.raises(AdaptError, match=rf"{ROWS_FILE}: an embedding table of shape \({VOCAB + 1}, 32\), the model's "
-                                         rf"is \({VOCAB}, 32\); was the recipe changed"):
+    state = opt.weights.state()
+    save_file({**state, WORD: torch.zeros(VOCAB + 1, 32)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(AdaptError, match=rf"model.safetensors: an embedding table of shape \({VOCAB + 1}, 32\), the "
+                                         rf"model's is \({VOCAB}, 32\); was the recipe changed"):
+        opt.weights.load(tmp_path / "model.safetensors")
+
+
+def test_skipped_rows_that_are_not_the_runs_initial_rows_decayed_are_refused(tmp_path):
+    """A checkpoint holds the skipped rows once, as `base * decay`; a resumed run keeps its own `base` (the
+    model's initial rows) and takes up the saved decay, so rows the saved decay does not explain are refused."""
+    model, opt, _ = setup(False)
+    save_file(opt.weights.state(), str(tmp_path / "model.safetensors"))  # the initial rows, decay 1
+    save_file({"decay": torch.tensor([0.5], dtype=torch.float64)}, str(tmp_path / ROWS_FILE))
+    with pytest.raises(AdaptError, match=rf"model.safetensors: the embedding rows the run skipped are not the model's "
+                                         rf"initial rows decayed as {ROWS_FILE} says; was the model or recipe changed"):
         opt.weights.load(tmp_path / "model.safetensors")

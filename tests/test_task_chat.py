@@ -58,6 +58,13 @@ def make_task(model: Path, overrides=()):
     return task
 
 
+def normalized(task, conversations: list):
+    """Conversations (lists of OpenAI-form turns) as `Chat.normalize` gives them to `featurize`."""
+    from datasets import Dataset
+
+    return task.normalize(Dataset.from_dict({"messages": conversations}), "conversations.jsonl")
+
+
 def write_jsonl(path: Path, rows: list) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -102,10 +109,8 @@ def test_target_mask_marks_tokens_starting_inside_a_span():
 
 # ---- assistant-only loss (acceptance 4) ----------------------------------------------------------------------
 def test_three_turn_conversation_trains_on_exactly_the_two_assistant_replies(tiny_chat, tmp_path):
-    from datasets import Dataset
-
     task = make_task(tiny_chat)
-    raw = Dataset.from_dict({"messages": [THREE_TURNS]})
+    raw = normalized(task, [THREE_TURNS])
     row = task.featurize(raw, "train")[0]
     tok = task.tokenizer
     assert tok.decode(row["input_ids"]) == (
@@ -146,22 +151,19 @@ def test_messages_column_names_a_column_of_turns_or_of_hh_text(tiny_chat, tmp_pa
 
 
 def test_conversations_are_cut_to_max_length_from_the_right(tiny_chat):
-    from datasets import Dataset
-
-    full = make_task(tiny_chat).featurize(Dataset.from_dict({"messages": [THREE_TURNS]}), "train")[0]
-    cut = make_task(tiny_chat, [("train.max_length", 20)]).featurize(
-        Dataset.from_dict({"messages": [THREE_TURNS]}), "train")[0]
+    task, short = make_task(tiny_chat), make_task(tiny_chat, [("train.max_length", 20)])
+    full = task.featurize(normalized(task, [THREE_TURNS]), "train")[0]
+    cut = short.featurize(normalized(short, [THREE_TURNS]), "train")[0]
     assert cut["input_ids"] == full["input_ids"][:20] and cut["labels"] == full["labels"][:20]
     assert cut["length"] == 20 and len(full["input_ids"]) > 20
 
 
-def test_generation_pairs_answer_the_last_user_turn(tiny_chat):
-    from datasets import Dataset
-
+def test_generation_prompts_answer_the_last_user_turn(tiny_chat):
     task = make_task(tiny_chat)
-    prompts, references = task.generation_pairs(Dataset.from_dict({"messages": [THREE_TURNS]}))
-    assert prompts == [task.tokenizer.apply_chat_template(THREE_TURNS[:-1], tokenize=False, add_generation_prompt=True)]
-    assert prompts[0].endswith("How are you?<|im_end|>\n<|im_start|>assistant\n") and references == ["Very well"]
+    raw = normalized(task, [THREE_TURNS])
+    prompt = task.tokenizer.apply_chat_template(THREE_TURNS[:-1], tokenize=False, add_generation_prompt=True)
+    assert prompt.endswith("How are you?<|im_end|>\n<|im_start|>assistant\n") and task.references(raw) == ["Very well"]
+    assert task.featurize(raw, "test")[0]["prompt_ids"] == task.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
 def test_a_template_that_rewrites_earlier_turns_is_refused(tmp_path):
@@ -177,14 +179,13 @@ def test_a_template_that_rewrites_earlier_turns_is_refused(tmp_path):
 
 # ---- packing without cross-conversation attention -------------------------------------------------------------
 def test_padding_free_packed_batch_loss_equals_the_conversations_one_by_one(tiny_chat):
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
     from adapt.speed import padding_free
 
     task = make_task(tiny_chat)
     rows = conversations(3) + [{"messages": THREE_TURNS}]
-    features = task.featurize(Dataset.from_dict({"messages": [r["messages"] for r in rows]}), "train")
+    features = task.featurize(normalized(task, [r["messages"] for r in rows]), "train")
     assert len(set(features["length"])) > 1  # right padding in the batch
     packed_model = AutoModelForCausalLM.from_pretrained(tiny_chat, attn_implementation="sdpa").eval()
     assert padding_free.install(packed_model)

@@ -10,10 +10,11 @@ import torch
 from accelerate import Accelerator
 from typer.testing import CliRunner
 
+from adapt.data import split_passages
 from adapt.errors import AdaptError
 from adapt.recipe import resolve_recipe
 from adapt.tasks import get_task
-from adapt.tasks.causal_lm import pack_blocks, split_passages
+from adapt.tasks.causal_lm import pack_blocks
 from adapt.train import evaluate, finetune
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tiny_shakespeare" / "input.txt"

@@ -86,6 +86,21 @@ def test_left_padded_batched_generation_equals_each_prompt_alone(tiny_llama, tmp
         assert prediction["generated_text"] == task.tokenizer.decode(alone[0, ids.shape[1]:], skip_special_tokens=True)
 
 
+def test_a_wrapped_model_stops_at_the_checkpoints_stop_ids(tiny_llama):
+    """Under DDP (here DataParallel, which accelerate unwraps the same way) evaluation generates with the bare
+    model and stops at its generation_config's ids, not only at the tokenizer's EOS."""
+    task, raw = pairs_task(tiny_llama)
+    model = task.build_model(str(tiny_llama)).eval()
+    batch = task.collate(task.featurize(raw, "test")[:])
+    plain = task.eval_step(model, batch)
+    assert plain["gen_len"].tolist() != [1, 1]  # untrained: no early EOS
+    model.generation_config.eos_token_id = [task.tokenizer.eos_token_id, *plain["generated"][:, 0].tolist()]
+    wrapped = task.eval_step(torch.nn.DataParallel(model), batch)
+    assert wrapped["gen_len"].tolist() == [1, 1]  # each row stops at its first token, now a stop id
+    assert torch.equal(wrapped["generated"][:, 0], plain["generated"][:, 0])
+    assert (wrapped["generated"][:, 1:] == task.tokenizer.pad_token_id).all()
+
+
 def test_validation_generates_its_first_n_examples_test_and_eval_generate_all(tiny_llama, tmp_path):
     task = make_task(tiny_llama, [("task_options.generation_max_examples", 3)])
     raw = task.read_source(str(write_pairs(tmp_path / "p.jsonl", n=8)), "validation")
@@ -98,6 +113,27 @@ def test_validation_generates_its_first_n_examples_test_and_eval_generate_all(ti
     assert first["input_ids"][:len(first["prompt_ids"])] == first["prompt_ids"]
     off = make_task(tiny_llama, [("task_options.generation_metrics", False)])
     assert "prompt_ids" not in off.featurize(raw, "test").column_names
+
+
+def test_a_sharded_model_generates_in_every_batch_so_processes_stay_in_step(tiny_llama, tmp_path, monkeypatch):
+    """Under FSDP each token's forward gathers weights from all processes: a batch without rows to generate
+    (past generation_max_examples) still runs one generate() on a sharded model, and none on a plain one."""
+    task = make_task(tiny_llama, [("task_options.generation_max_examples", 2), ("task_options.max_new_tokens", 3)])
+    raw = task.read_source(str(write_pairs(tmp_path / "p.jsonl", n=4)), "validation")
+    features = task.featurize(raw, "validation")
+    model = task.build_model(str(tiny_llama)).eval()
+    calls = []
+    real = task.generate
+    monkeypatch.setattr(task, "generate", lambda m, b, *a, **k: calls.append(b["input_ids"].shape) or real(m, b, *a, **k))
+    without = task.collate(features[2:4])  # rows 2-3: nothing to generate
+    assert without["generate_rows"].tolist() == []
+    out = task.eval_step(model, without)
+    assert calls == [] and "generated" not in out
+    model._is_fsdp_managed_module = True  # what adapt.fsdp.mark_for_generation sets on a sharded model
+    out = task.eval_step(model, without)
+    assert calls == [torch.Size([1, 1])] and "generated" not in out  # a 1-token prompt, its output unused
+    with_rows = task.collate(features[0:2])
+    assert task.eval_step(model, with_rows)["has_generation"].tolist() == [True, True] and len(calls) == 2
 
 
 def test_generation_metrics_are_greater_is_better_and_perplexity_stays_the_default(tiny_llama):
@@ -145,10 +181,10 @@ def test_parallel_line_files_become_templated_prompt_completion_pairs(tiny_llama
     raw = task.read_source(str(source), "validation")
     assert raw.to_list() == [{"prompt": "A dog runs.", "completion": "Ein Hund läuft."},
                              {"prompt": "Two men sing.", "completion": "Zwei Männer singen."}]
-    prompts, references = task.generation_pairs(raw)
-    assert prompts[1] == "Translate English to German: Two men sing.\nGerman:" and references[1] == "Zwei Männer singen."
+    prompt = task.render_prompt(raw["prompt"][1])
+    assert prompt == "Translate English to German: Two men sing.\nGerman:" and task.references(raw)[1] == "Zwei Männer singen."
     row = task.featurize(raw, "train")[1]
-    prompt_ids = task.tokenizer(prompts[1])["input_ids"]
+    prompt_ids = task.tokenizer(prompt)["input_ids"]
     assert row["input_ids"][:len(prompt_ids)] == prompt_ids and row["labels"][:len(prompt_ids)] == [-100] * len(prompt_ids)
     assert task.tokenizer.decode([t for t in row["labels"] if t != -100], skip_special_tokens=True) == "Zwei Männer singen."
 

@@ -176,7 +176,7 @@ def test_loss_and_gradients_equal_trl_dpo_trainer(tiny_llama, tmp_path, rows):
     layer's flattened batch), TRL's runs padded with sdpa; both references are frozen copies of the start."""
     trl = pytest.importorskip("trl")
     task = make_task(tiny_llama, [("task_options.beta", 0.5)])
-    policy = task.build_model(str(tiny_llama))  # also keeps the frozen reference copy
+    policy = task.build_model(str(tiny_llama))  # the reference loads from the same folder
     with torch.no_grad():  # move the policy away from the reference, so the loss is not log 2
         generator = torch.Generator().manual_seed(1)
         for param in policy.parameters():
@@ -192,7 +192,9 @@ def test_loss_and_gradients_equal_trl_dpo_trainer(tiny_llama, tmp_path, rows):
 
     config = trl.DPOConfig(output_dir=str(tmp_path / "trl"), report_to=[], use_cpu=True, beta=0.5, max_length=512,
                              bf16=False)
-    trainer = trl.DPOTrainer(model=theirs, ref_model=copy.deepcopy(task.reference_source), args=config,
+    from transformers import AutoModelForCausalLM
+
+    trainer = trl.DPOTrainer(model=theirs, ref_model=AutoModelForCausalLM.from_pretrained(tiny_llama), args=config,
                              train_dataset=Dataset.from_list(rows), processing_class=task.tokenizer)
     trl_batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(rows))])
     assert torch.equal(trl_batch["input_ids"], batch["input_ids"])
@@ -210,7 +212,7 @@ def test_lora_reference_is_the_adapter_disabled_base(tiny_llama):
 
     task = make_task(tiny_llama, [("peft", {"method": "lora", "r": 4, "alpha": 8})])
     model = build_training_model(task, str(tiny_llama), task.recipe)
-    assert task.reference_source is None  # no second copy under LoRA
+    assert task.ref_path is None and task.ref_model is None  # no second copy under LoRA
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -293,7 +295,7 @@ def test_invalid_pairs_can_be_skipped_with_a_note(tiny_llama, capsys):
 def test_messages_with_unknown_roles_and_mixed_formats_are_refused(tiny_llama):
     task = make_task(tiny_llama)
     bad_role = {**CONVERSATIONS[0], "chosen": [{"role": "robot", "content": "Beep."}]}
-    with pytest.raises(AdaptError, match="record 1: 'chosen' message 1 has role 'robot'"):
+    with pytest.raises(AdaptError, match="record 1: 'chosen' turn 1 has the unknown role 'robot'"):
         task.normalize(Dataset.from_list([bad_role]), "rows")
     with pytest.raises(AdaptError, match="mixes text and message lists"):
         task.normalize(Dataset.from_list([{**CONVERSATIONS[0], "prompt": "text"}]), "rows")
@@ -353,3 +355,75 @@ def test_full_fine_tuning_run_keeps_a_frozen_reference_and_saves_the_policy(tiny
     assert not torch.equal(model.model.layers[0].mlp.up_proj.weight, base.model.layers[0].mlp.up_proj.weight)
     assert "frozen copy of" in (run / "README.md").read_text()
     assert_eval_scores_pairs(run, tmp_path / "pairs.jsonl")
+
+
+# Mistral-style: refuses turns that do not alternate user/assistant
+STRICT_TEMPLATE = ("{% for m in messages %}{% if (m['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+                   "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant') }}"
+                   "{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                   "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_pair_the_chat_template_refuses_is_one_line_naming_it_or_skipped(tiny_llama, capsys):
+    """The template's own refusal (a jinja TemplateError) is the pair's error, not a traceback."""
+    two_users = {**CONVERSATIONS[0], "prompt": [{"role": "user", "content": "Hi."}, {"role": "user", "content": "Hi?"}]}
+    task = make_task(tiny_llama)
+    task.tokenizer.chat_template = STRICT_TEMPLATE
+    with pytest.raises(AdaptError, match="^rows: record 2: the tokenizer's chat template refuses it \\(Conversation "
+                                         "roles must alternate user/assistant/user/assistant\\) \\(fix or remove"):
+        task.normalize(Dataset.from_list([CONVERSATIONS[0], two_users]), "rows")
+    task = make_task(tiny_llama, [("task_options.drop_invalid_rows", True)])
+    task.tokenizer.chat_template = STRICT_TEMPLATE
+    raw = task.normalize(Dataset.from_list([CONVERSATIONS[0], two_users, CONVERSATIONS[2]]), "rows")
+    assert len(raw) == 2 and "skipped 1 of 3 pairs that cannot train (record 2;" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("row", [
+    {"prompt": [{"role": "user", "content": "Say hi."}], "chosen": "Hi!", "rejected": "No."},
+    {"prompt": "Say hi.", "chosen": [{"role": "assistant", "content": "Hi!"}],
+     "rejected": [{"role": "assistant", "content": "No."}]},
+], ids=["message-prompt-text-responses", "text-prompt-message-responses"])
+def test_a_pair_mixing_a_message_list_prompt_and_text_responses_is_refused(tiny_llama, row):
+    task = make_task(tiny_llama)
+    with pytest.raises(AdaptError, match="^rows: record 1: the pair mixes text and message lists"):
+        task.normalize(Dataset.from_list([row]), "rows")
+
+
+def test_pairs_are_tokenized_once_in_one_batched_call(tiny_llama, monkeypatch):
+    """normalize makes the ids (and checks the prompt length on them); featurize only cuts them."""
+    task = make_task(tiny_llama)
+    calls = []
+    tokenize = type(task.tokenizer).__call__
+    monkeypatch.setattr(type(task.tokenizer), "__call__", lambda tok, *a, **k: calls.append(a[0]) or tokenize(tok, *a, **k))
+    features = task.featurize(task.normalize(Dataset.from_list(TEXTS), "rows"), "train")
+    assert len(calls) == 1 and len(calls[0]) == 3 * len(TEXTS) and len(features) == len(TEXTS)
+
+
+def test_full_fine_tuning_reference_is_one_copy_in_the_policys_dtype_reloaded_when_it_changes(tiny_llama):
+    from transformers import AutoModelForCausalLM
+
+    task = make_task(tiny_llama)
+    policy = task.build_model(str(tiny_llama))
+    assert task.ref_model is None and task.ref_path == str(tiny_llama)  # nothing copied before it is needed
+    policy.to(torch.bfloat16)  # a bf16 run: the reference is loaded and converted when first needed
+    ref = task.reference(policy)
+    assert task.reference(policy) is ref and next(ref.parameters()).dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in ref.parameters())
+    assert ref.config._attn_implementation == "adapt_varlen"  # the speed layer's attention, as the policy's
+    policy.to(torch.float32)  # scored in fp32 at the end: the starting weights again, not the bf16-rounded copy
+    again = task.reference(policy)
+    start = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert again is not ref and task.ref_model is again
+    assert all(torch.equal(p, q) for p, q in zip(again.parameters(), start.parameters()))
+
+
+def test_peft_model_is_found_under_a_torch_compile_wrapper(tiny_llama):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adapt.tasks.preference import peft_model
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_llama)
+    assert peft_model(base) is None
+    adapted = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
+    assert peft_model(adapted) is adapted and peft_model(torch.compile(adapted)) is adapted

@@ -112,6 +112,46 @@ def test_multi_label_metric_for_best_is_checked(tmp_path):
                  ("train.metric_for_best", "pearson"))
 
 
+def test_the_test_split_applies_the_validation_tuned_threshold_even_when_it_is_the_same_file(tmp_path):
+    from types import SimpleNamespace
+
+    train = write_tsv(tmp_path / "train.tsv", [("a", "0"), ("b", "1"), ("c", "0,1")])
+    dev = write_tsv(tmp_path / "dev.tsv", [("d", "0"), ("e", "1")])  # gold [[1, 0], [0, 1]]
+    task = task_for(train, ("data.columns.label", "labels"), ("data.label_names", ["joy", "anger"]),
+                    ("data.validation", str(dev)), ("data.test", str(dev)), ("task_options.tune_threshold", True))
+    splits = task.load_splits()
+
+    def predictions(probs):
+        return [{"labels": [], "probs": row} for row in probs]
+
+    # validation: every threshold in (0.1, 0.3] is perfect; of those, 0.3 is nearest 0.5
+    validation = task.score(predictions([[0.3, 0.1], [0.1, 0.35]]), splits["validation"])
+    assert validation["threshold"] == 0.3 and validation["f1_micro"] == 1.0
+    model = SimpleNamespace(config=SimpleNamespace())
+    task.finalize_validation(model, validation)
+    assert model.config.threshold == 0.3
+    # the same file as test, other probabilities: tuned on itself it would pick 0.65 (perfect); the validation
+    # threshold 0.3 predicts both labels of both rows: tp 2, predicted 4, gold 2 -> micro F1 2*2/(4+2)
+    test = task.score(predictions([[0.9, 0.6], [0.6, 0.9]]), splits["test"])
+    assert test["threshold"] == 0.3 and test["f1_micro"] == pytest.approx(2 / 3)
+    assert test["subset_accuracy"] == 0.0
+
+
+def test_a_saved_model_of_another_problem_type_refuses_threshold_options(tmp_path):
+    from types import SimpleNamespace
+
+    train = write_tsv(tmp_path / "train.tsv", [("a", "0"), ("b", "1")])
+    task = task_for(train, ("task_options.threshold", 0.3))
+    config = SimpleNamespace(problem_type="regression", id2label={0: "score"})
+    with pytest.raises(AdaptError, match=r"^task_options.threshold applies to multi-label classification only, and "
+                                         r"this run is regression \(the model's config.problem_type\); remove it$"):
+        task.restore_from_model(SimpleNamespace(config=config))
+    saved = task_for(train, ("task_options.tune_threshold", True))
+    saved.restore_from_model(SimpleNamespace(config=SimpleNamespace(
+        problem_type="multi_label_classification", id2label={0: "joy", 1: "anger"}, threshold=0.4)))
+    assert saved.threshold == 0.4 and not saved.tuning_threshold  # a saved model's threshold, never re-tuned
+
+
 # ---- loss, a tiny run, the saved folder ------------------------------------------------------------------
 def emotion_rows(n: int = 48) -> list[tuple[str, str]]:
     """Texts whose labels follow their words: 'happy' -> joy, 'mad' -> anger, 'afraid' -> fear (some none)."""

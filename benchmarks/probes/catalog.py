@@ -936,7 +936,7 @@ def ragged_tail_reported(ctx: Ctx):
     block = 32
     tokenizer = AutoTokenizer.from_pretrained(ctx.out)
     text = (ctx.dir / "val.txt").read_text()
-    from adapt.tasks.causal_lm import split_passages
+    from adapt.data import split_passages
 
     passages = split_passages(text, 300)
     total = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in passages) + 1  # + EOS at the end

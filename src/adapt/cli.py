@@ -185,8 +185,7 @@ def serve(
     recipe: Annotated[Optional[str], typer.Option(help="Recipe naming the task of a folder without recipe.yaml (e.g. clm-instruct for embedded SmolLM2).")] = None,
     overrides: Annotated[Optional[list[str]], typer.Option("--set", help="Task option override key=value (e.g. task_options.max_new_tokens=64), as in `adapt predict`.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Model name clients send in the OpenAI `model` field (default: the folder's name).")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Inputs per forward pass, as in `adapt predict`.")] = 64,
-    max_batch: Annotated[int, typer.Option(min=1, help="Inputs of concurrent /predict requests merged into one model call.")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help="Inputs per forward pass, as in `adapt predict`; concurrent /predict requests are merged up to it.")] = 64,
     max_inputs: Annotated[int, typer.Option(min=1, help="Inputs (or prompts) one request may send.")] = 64,
     max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body, in bytes.")] = 1_000_000,
     max_tokens: Annotated[int, typer.Option(min=1, help="Largest max_tokens a generation request may ask for.")] = 1024,
@@ -195,7 +194,7 @@ def serve(
     """Serve a fine-tuned model over HTTP: /predict, and OpenAI-compatible /v1 endpoints for language models."""
     from adapt.serve import Limits, serve as run
 
-    limits = Limits(max_body_bytes=max_body_bytes, max_inputs=max_inputs, max_new_tokens=max_tokens, max_batch=max_batch)
+    limits = Limits(max_body_bytes=max_body_bytes, max_inputs=max_inputs, max_new_tokens=max_tokens, max_batch=batch_size)
     run(model, host, port, recipe, list(overrides or []), name, trust_remote_code, limits, batch_size)
 
 

@@ -76,6 +76,9 @@ def eval_command(
         if builtin:
             raise AdaptError(f"with --model the recipe's task picks the built-in metrics ('{builtin[0]}' is one); "
                              "--metric takes perplexity or an evaluate module (./my_metric.py) here")
+        from adapt.metrics.evaluate_module import check_display_names
+
+        check_display_names(metrics, {"model": "the model's own scores"})  # their scores share one report
         modules = {ref: scoring.load_metric_module(ref) for ref in metrics}  # before the model loads
         report = _model_report(model, data, recipe, list(overrides or []), trust_remote_code, modules)
     elif predictions is None:

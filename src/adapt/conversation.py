@@ -36,14 +36,17 @@ def _kind(value: Any) -> str:
     return {str: "a string", list: "a list", dict: "an object", bool: "true/false"}.get(type(value), "a number")
 
 
-def to_messages(turns: Any) -> Messages:
-    """OpenAI-style messages [{"role", "content"}] from a list of turns in OpenAI form ({"role", "content"}) or
-    ShareGPT form ({"from", "value"}; human -> user, gpt -> assistant); any other keys of a turn are dropped.
+def to_messages(turns: Any, roles: tuple[str, ...] = ROLES, allow_blank_turns: bool = False) -> Messages:
+    """OpenAI-style messages [{"role", "content"}] from a list of turns in OpenAI form ({"role", "content"}; the
+    role one of `roles`) or ShareGPT form ({"from", "value"}; human -> user, gpt -> assistant); any other keys of a
+    turn are dropped. The chat task reads conversations with the defaults; the DPO task its message lists with
+    `roles` adding "tool" (TRL's conversational data) and `allow_blank_turns=True` (its pairs refuse an empty
+    response where they are split).
 
     Raises:
         ConversationError: `turns` is not a list, or is empty; a turn is not an object, has neither role/content
-            nor from/value, names an unknown role, or has content that is not text or is blank (turns are
-            counted from 1).
+            nor from/value, names an unknown role, or has content that is not text or (unless
+            `allow_blank_turns`) is blank (turns are counted from 1).
     """
     if not isinstance(turns, list):
         raise ConversationError(f"the conversation is {_kind(turns)}, not a list of turns")
@@ -55,7 +58,7 @@ def to_messages(turns: Any) -> Messages:
             raise ConversationError(f"turn {number} is {_kind(turn)}, not an object like "
                                     '{"role": "user", "content": "..."}')
         if turn.get("role") is not None or turn.get("content") is not None:
-            role_key, content_key, names = "role", "content", {r: r for r in ROLES}
+            role_key, content_key, names = "role", "content", {r: r for r in roles}
         elif turn.get("from") is not None or turn.get("value") is not None:
             role_key, content_key, names = "from", "value", SHAREGPT_ROLES
         else:
@@ -69,7 +72,7 @@ def to_messages(turns: Any) -> Messages:
         content = turn.get(content_key)
         if not isinstance(content, str):
             raise ConversationError(f"turn {number} ({role}): its {content_key} is {_kind(content)}, not text")
-        if not content.strip():
+        if not content.strip() and not allow_blank_turns:
             raise ConversationError(f"turn {number} is an empty {names[role]} turn")
         messages.append({"role": names[role], "content": content})
     return messages
@@ -119,13 +122,16 @@ def render(tokenizer, messages: Messages, add_generation_prompt: bool = False) -
     """`messages` rendered as text by the tokenizer's chat template.
 
     Raises:
-        ConversationError: the template refuses the conversation (e.g. "roles must alternate user/assistant").
+        ConversationError: the template refuses the conversation: jinja2's TemplateError (a template's
+            `raise_exception`, e.g. "roles must alternate user/assistant", and its syntax/undefined errors) or
+            transformers' ValueError (no chat template set, an empty conversation). Other errors (e.g. transformers'
+            TypeError for a message that is not a dict) are adapt's bugs and propagate.
     """
     from jinja2 import TemplateError
 
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    except (TemplateError, ValueError, TypeError, KeyError) as err:
+    except (TemplateError, ValueError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ConversationError(f"the tokenizer's chat template refuses it ({reason})") from None
 

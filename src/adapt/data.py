@@ -204,9 +204,9 @@ def _csv_records(path: Path, text: str, kind: str) -> Iterator[tuple[int, list[s
                          "fix that line") from None
 
 
-def _delimiter_hint(path: Path, kind: str, text: str) -> str | None:
-    """'looks ;-separated ...; <fix>' when the first line has no field separator of the file's type but
-    another common one, else None."""
+def _other_delimiter(kind: str, text: str) -> tuple[str, str] | None:
+    """(separator, "looks ;-separated, not comma-separated (its first line has 3 ;-separated fields)") when the
+    first line has no field separator of the file's type (`kind` .csv or .tsv) but another common one, else None."""
     first = next((line for line in text.split("\n") if line.strip()), "")
     ours = "\t" if kind == ".tsv" else ","
     if ours in first:
@@ -214,16 +214,25 @@ def _delimiter_hint(path: Path, kind: str, text: str) -> str | None:
     for candidate in ("\t", ";", "|", ","):
         if candidate != ours and candidate in first:
             name = _DELIMITER_NAMES[candidate]
-            fields = len(first.split(candidate))
-            if candidate == "\t":
-                fix = f"rename it to {path.name.replace(kind, '.tsv')} (tab-separated files must end in .tsv)"
-            elif candidate == ",":
-                fix = f"rename it to {path.name.replace(kind, '.csv')} (comma-separated files must end in .csv)"
-            else:
-                fix = "re-save it with commas as the separator (.csv) or tabs (.tsv)"
-            return (f"{path}: looks {name}-separated, not {_DELIMITER_NAMES[ours]}-separated (its first line has "
-                    f"{fields} {name}-separated fields); {fix}")
+            return candidate, (f"looks {name}-separated, not {_DELIMITER_NAMES[ours]}-separated (its first line has "
+                               f"{len(first.split(candidate))} {name}-separated fields)")
     return None
+
+
+def _delimiter_hint(path: Path, kind: str, text: str) -> str | None:
+    """'<path>: looks ;-separated ...; <fix>' when the file seems to use another separator (`_other_delimiter`),
+    else None."""
+    found = _other_delimiter(kind, text)
+    if found is None:
+        return None
+    candidate, looks = found
+    if candidate == "\t":
+        fix = f"rename it to {path.name.replace(kind, '.tsv')} (tab-separated files must end in .tsv)"
+    elif candidate == ",":
+        fix = f"rename it to {path.name.replace(kind, '.csv')} (comma-separated files must end in .csv)"
+    else:
+        fix = "re-save it with commas as the separator (.csv) or tabs (.tsv)"
+    return f"{path}: {looks}; {fix}"
 
 
 # leading bytes of formats users save under a text name by mistake
@@ -450,11 +459,12 @@ def read_table(path: Path, delimiter: str | None = None, header_names: list[str]
         text = read_text(path)
         if kind in (".csv", ".tsv"):
             kind = {"\t": ".tsv", ",": ".csv"}.get(delimiter or "", kind)
-            if delimiter or header_names:  # row_location must count lines the same way
-                _TABLE_LAYOUTS[str(path.resolve())] = (kind, header_names is None)
-            if header_names:
-                return _read_headerless(path, kind, text, header_names)
-            return _read_csv(path, kind, text)
+            if header_names is not None:
+                table = _read_headerless(path, kind, text, header_names)
+            else:
+                table = _read_csv(path, kind, text)
+            _TABLE_LAYOUTS[str(path.resolve())] = (kind, header_names is None)  # row_location counts lines alike
+            return table
         if not text.strip():
             raise AdaptError(f"{path}: the file is empty; it needs at least one example (one JSON object per line)")
         if kind == ".json" and text.lstrip().startswith(("[", "{")):
@@ -468,7 +478,7 @@ def read_table(path: Path, delimiter: str | None = None, header_names: list[str]
                          "check that the file is complete and of the type its name says") from err
 
 
-# CSV/TSV files read with data.delimiter / data.header_names: resolved path -> (kind read as, has a header line)
+# CSV/TSV files as last read (data.delimiter, data.header_names): resolved path -> (kind read as, has a header line)
 _TABLE_LAYOUTS: dict[str, tuple[str, bool]] = {}
 
 
@@ -476,17 +486,21 @@ def _read_headerless(path: Path, kind: str, text: str, names: list[str]) -> Data
     """Records of a CSV/TSV file without a header line as columns `names` (see `read_table`).
 
     Raises:
-        AdaptError: duplicate names, an empty file, or a line with fewer fields than names (naming it)."""
+        AdaptError: no names or duplicate names, an empty file, or a line with fewer fields than names (naming
+            it)."""
+    if not names:
+        raise AdaptError(f"{path}: data.header_names is empty; name the file's fields in order, or leave it out when "
+                         "the file has a header line")
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise AdaptError(f"data.header_names names column '{duplicates[0]}' twice; give each field its own name")
     columns: list[list[str]] = [[] for _ in names]
     for line, row in _csv_records(path, text, kind):
         if len(row) < len(names):
-            hint = _delimiter_hint(path, kind, text) if not columns[0] else None
+            found = _other_delimiter(kind, text) if not columns[0] else None
             raise AdaptError(f"{path}: line {line} has {len(row)} field{'s' if len(row) != 1 else ''} but "
                              f"data.header_names names {len(names)}"
-                             + (f" ({hint.split(': ', 1)[1].split(';')[0]}; set data.delimiter)" if hint else "")
+                             + (f" ({found[1]}; set data.delimiter)" if found else "")
                              + "; fix that line or data.header_names")
         for column, value in zip(columns, row):
             column.append(value)

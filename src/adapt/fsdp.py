@@ -1,12 +1,12 @@
 """FSDP2 (PyTorch's `fully_shard`, launched through Accelerate) in adapt's training loop: the model built on
 the `meta` device by `cpu_ram_efficient_loading` made ready for Accelerate's sharding, the trainable weights and
 optimizer state saved and restored without pickle in the two forms Accelerate's `fsdp_state_dict_type` names,
-and the full model gathered for the final save.
+and the full model gathered for the final save (`torch.distributed.checkpoint.state_dict`, see full_state).
 
 Checkpoint forms (each a folder written by `adapt.checkpoint`, beside the loop's own state):
-- `FULL_STATE_DICT`: the full trainable weights (`model.safetensors`, the same file a one-process run writes)
-  and the full optimizer state (`optimizer-full.safetensors` + `optimizer-full.json`), gathered onto the main
-  process with `torch.distributed.checkpoint.state_dict` and broadcast from it on resume;
+- `FULL_STATE_DICT`: the full trainable weights and optimizer state (`fsdp-full.safetensors` +
+  `fsdp-full.json`), gathered one tensor at a time onto the main process (the others drop each gathered tensor
+  at once) and scattered from it on resume;
 - `SHARDED_STATE_DICT`: every process writes its own shard of the weights and of the optimizer state
   (`shard-R-of-W.safetensors` + `shard-R-of-W.json`), nothing is gathered; a resume needs the same number of
   processes and the same sharding (the run description records both, `--resume` refuses a change).
@@ -18,7 +18,6 @@ embedding rows; PyTorch's AdamW steps the sharded (DTensor) parameters."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
@@ -34,7 +33,9 @@ def refuse_deepspeed_without_gpu() -> None:
     """Refuse (AdaptError) an Accelerate config with DeepSpeed on a machine without CUDA: Accelerate would train
     plain data parallelism in its place on the CPU, and DeepSpeed's own CPU backend did not get through a
     2-process ZeRO-2 step here (see the README). Call before anything is written."""
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+    from accelerate.utils import parse_flag_from_env
+
+    if parse_flag_from_env("ACCELERATE_USE_DEEPSPEED"):  # as Accelerate reads it: 1/true/yes/on
         raise AdaptError("the Accelerate config asks for DeepSpeed, which adapt runs on CUDA GPUs only and this "
                          "machine has none; on CPUs shard with FSDP2 instead (examples/accelerate/fsdp.yaml with "
                          "use_cpu: true)")
@@ -47,9 +48,9 @@ def enable_on_cpu(accelerator) -> None:
     itself shards over gloo on the CPU, so the state is set as Accelerate sets it on a GPU: distributed type
     FSDP and the plugin read from the launcher's environment (`FSDP_*` variables), with the run's mixed
     precision. Raises AdaptError for FSDP1 (`fsdp_version: 1`), which adapt does not run on the CPU."""
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
 
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true":
+    if not parse_flag_from_env("ACCELERATE_USE_FSDP"):
         return
     state = accelerator.state
     if state.distributed_type == DistributedType.FSDP:
@@ -137,20 +138,37 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor on the CPU (a DTensor is gathered from every process: collective)."""
+def _full(tensor: torch.Tensor, keep: bool = True) -> torch.Tensor | None:
+    """The whole tensor on the CPU (a DTensor is gathered from every process: collective); None where not
+    `keep`, the gathered copy dropped at once, so that a process that keeps nothing holds one tensor at most."""
     from torch.distributed.tensor import DTensor
 
     if isinstance(tensor, DTensor):
         tensor = tensor.full_tensor()
-    return tensor.detach().contiguous().cpu()
+    return tensor.detach().contiguous().cpu() if keep else None
 
 
 def full_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The model's full state dict on the main process, on the CPU, for `save_pretrained(state_dict=...)`
-    (collective: every process gathers; the others get {})."""
-    state = {name: _full(tensor) for name, tensor in model.state_dict().items()}
-    return state if torch.distributed.get_rank() == 0 else {}
+    (collective: every process gathers; the others get {}). `torch.distributed.checkpoint.state_dict` gathers
+    one tensor at a time and only the main process keeps it (`full_state_dict` with `cpu_offload`), so no
+    other process ever holds the whole model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def mark_for_generation(model: torch.nn.Module) -> None:
+    """Make transformers' `generate()` run synchronised (`synced_gpus`) on every process of a sharded model:
+    each new token is a forward, which gathers the weights from all processes, so a process whose sequences
+    end early must keep stepping until all have ended. transformers turns this on only for a model marked
+    `_is_fsdp_managed_module` (its own FSDP2 path sets it; Accelerate's `fully_shard` does not), read on the
+    module whose `generate` runs: the prepared model or, under peft, the transformers model it wraps."""
+    from transformers import GenerationMixin
+
+    for module in model.modules():
+        if isinstance(module, GenerationMixin):
+            module._is_fsdp_managed_module = True
 
 
 def _scatter(full: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -202,7 +220,7 @@ class ShardedWeights:
 
     def state(self) -> dict[str, torch.Tensor]:
         """The full trainable weights on the main process ({} on the others); collective."""
-        state = {name: _full(param) for name, param in self.params.items()}
+        state = {name: _full(param, keep=self.rank == 0) for name, param in self.params.items()}
         return state if self.rank == 0 else {}
 
     def load(self, path: Path) -> None:
@@ -230,7 +248,7 @@ class ShardedWeights:
         onto the main process (FULL_STATE_DICT) or each process's shards (SHARDED_STATE_DICT)."""
         optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper
         full = self.kind == FULL
-        take = _full if full else (lambda t: _local(t).detach().contiguous().cpu())
+        take = (lambda t: _full(t, keep=self.rank == 0)) if full else (lambda t: _local(t).detach().contiguous().cpu())
         tensors = {f"weight/{n}": take(p) for n, p in self.params.items()}
         scalars: dict[str, float] = {}
         tensor_slots: dict[str, list[str]] = {}  # which optimizer slots each weight has (AdamW: step, exp_avg, ...)
@@ -294,7 +312,9 @@ class ShardedWeights:
 
 
 def save_checkpoint(folder: Path, weights: ShardedWeights, optimizer) -> None:
-    """`weights.save_checkpoint(folder, optimizer)`: see ShardedWeights; collective."""
+    """`weights.save_checkpoint(folder, optimizer)`: see ShardedWeights; collective. (The loop calls these two,
+    not the methods: adapt.train sees trainable weights only through the speed layer's interface, which
+    tests/test_structure.py checks.)"""
     weights.save_checkpoint(folder, optimizer)
 
 

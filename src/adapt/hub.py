@@ -26,6 +26,21 @@ class PushTarget:
     user: str
 
 
+def unreachable_reason(timeout: float = REACH_TIMEOUT_S) -> str | None:
+    """None when the Hugging Face Hub endpoint (`constants.ENDPOINT`: HF_ENDPOINT or huggingface.co) answers one
+    HEAD request within `timeout` seconds, sent through huggingface_hub's own HTTP session (so its proxy
+    settings, HTTPS_PROXY included, apply); else the first line of the transport error (refused, DNS, timeout,
+    proxy). HF_HUB_OFFLINE is not looked at: each caller says what it means for its command."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout, follow_redirects=True)
+    except Exception as err:  # any transport error means the same to the user: not reachable
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    return None
+
+
 def check_push_target(repo_id: str) -> PushTarget:
     """Check, before training, that `repo_id` can be pushed to: a valid repository id, the Hub not switched
     off (HF_HUB_OFFLINE), the endpoint reachable (one HEAD request, `REACH_TIMEOUT_S` seconds), and a token that
@@ -35,7 +50,7 @@ def check_push_target(repo_id: str) -> PushTarget:
         AdaptError: one line naming --push-to-hub, what failed and the fix."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalTokenNotFoundError
-    from huggingface_hub.utils import get_session, validate_repo_id
+    from huggingface_hub.utils import validate_repo_id
 
     where = f"--push-to-hub {repo_id}"
     try:
@@ -46,13 +61,11 @@ def check_push_target(repo_id: str) -> PushTarget:
     if constants.HF_HUB_OFFLINE:
         raise AdaptError(f"{where}: HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it or drop --push-to-hub")
     endpoint = constants.ENDPOINT
-    try:
-        get_session().head(endpoint, timeout=REACH_TIMEOUT_S, follow_redirects=True)
-    except Exception as err:  # any transport error (refused, DNS, timeout, proxy) means the same to the user
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    reason = unreachable_reason()
+    if reason:
         raise AdaptError(f"{where}: the Hugging Face Hub at {endpoint} is unreachable ({reason}); connect to the "
                          "network (or fix HF_ENDPOINT), or drop --push-to-hub and upload the run folder later "
-                         "with `hf upload`") from None
+                         "with `hf upload`")
     try:
         user = HfApi(endpoint=endpoint).whoami()
     except LocalTokenNotFoundError:

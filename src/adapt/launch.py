@@ -51,7 +51,9 @@ def relaunch(num_processes: int) -> int:
     env = dict(os.environ)
     if not use_gpu and "OMP_NUM_THREADS" not in env:  # split the cores instead of oversubscribing them
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // num_processes))
-    env.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
+    # torchrun's --signals-to-handle (read from PET_SIGNALS_TO_HANDLE by torchrun and by `accelerate launch`,
+    # which runs torchrun's parser), not TORCHELASTIC_SIGNALS_TO_HANDLE, which torchrun overwrites from it
+    env["PET_SIGNALS_TO_HANDLE"] = FORWARDED_SIGNALS
     launcher = subprocess.Popen(launcher_command(num_processes, sys.argv[1:], use_gpu), env=env,
                                 start_new_session=True)
     received: list[int] = []

@@ -330,7 +330,7 @@ def sequence_lengths(recipe, task, raw: dict | None) -> list[tuple[str, str, int
         if raw is not None:
             texts = "text" in raw["train"].column_names
         else:
-            from adapt.tasks.causal_lm import is_plain_text_file
+            from adapt.data import is_plain_text_file
 
             texts = bool(recipe.data.train) and is_plain_text_file(recipe.data.train)
         if texts:

@@ -68,7 +68,7 @@ class DataConfig(Strict):
     delimiter: Literal[",", "\t"] | None = Field(
         None, description="field separator of CSV/TSV data files; default by suffix (.csv comma, .tsv tab)")
     header_names: list[str] | None = Field(
-        None, description="CSV/TSV files without a header line: their field names in order (later fields ignored)")
+        None, min_length=1, description="CSV/TSV files without a header line: their field names in order (later fields ignored)")
     validation_fraction: float = Field(0.1, gt=0, lt=1)
     max_train_examples: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)

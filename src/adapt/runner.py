@@ -49,7 +49,8 @@ def trained_task(model_dir: str, recipe: str | None = None, overrides: list[str]
 def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str] = (),
                  trust_remote_code: bool = False) -> tuple[Task, Any]:
     """The task and model for a folder written by `adapt finetune` (its recipe.yaml says the task) or a
-    plain Hugging Face checkpoint given `recipe`.
+    plain Hugging Face checkpoint given `recipe`; `embedded:NAME` names the embedded checkpoint
+    (`assets.resolve_model_path`), for `adapt predict`, `adapt eval` and `adapt serve` alike.
 
     Code shipped in the folder runs only when `trust_remote_code` (the current command's --trust-remote-code)
     is true: a `trust_remote_code: true` in the folder's own recipe.yaml, a recipe file or an override is ignored,
@@ -58,8 +59,10 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
     Raises:
         AdaptError: not a model folder, no task known, pickle-only weights, remote code needed without the flag.
     """
-    folder = Path(model_dir)
-    task = trained_task(model_dir, recipe, overrides, trust_remote_code)
+    from adapt import assets
+
+    folder = Path(assets.resolve_model_path(model_dir))
+    task = trained_task(str(folder), recipe, overrides, trust_remote_code)
     task.load_tokenizer(str(folder))
     model = task.load_trained(str(folder))
     from adapt import speed
@@ -73,12 +76,16 @@ def load_trained(model_dir: str, recipe: str | None = None, overrides: list[str]
     return task, model
 
 
-def predict_stream(task: Task, model, inputs: Iterable[str], batch_size: int = 64, chunk: int = 2048) -> Iterator[dict]:
-    """Predictions for a stream of text inputs, `chunk` at a time, so large inputs never sit in memory whole."""
+def predict_stream(task: Task, model, inputs: Iterable[str], batch_size: int = 64, chunk: int = 2048,
+                   accelerator=None) -> Iterator[dict]:
+    """Predictions for a stream of text inputs, `chunk` at a time, so large inputs never sit in memory whole.
+    `accelerator`: one kept by the caller for many calls (`adapt serve`), `model` already on its device;
+    by default a new one (`train.make_accelerator`) and the model moved to its device."""
     from adapt.train import make_accelerator, predict
 
-    accelerator = make_accelerator()
-    model = model.to(accelerator.device)
+    if accelerator is None:
+        accelerator = make_accelerator()
+        model = model.to(accelerator.device)
     buffer: list[str] = []
 
     def flush():

@@ -9,18 +9,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from adapt.data import text_lines
 from adapt.errors import AdaptError
+from adapt.metrics import evaluate_module
 from adapt.metrics.classification import classification_scores
 from adapt.metrics.generation import ROUGE_TYPES, bleu_tokenizer, rouge_example_scores, score_from_stats, sentence_stats
 from adapt.metrics.resampling import bootstrap_ci, paired_bootstrap
 from adapt.metrics.sequence import seqeval_scores, tag_problem, tag_scheme
 from adapt.metrics.squad import squad_aggregate, squad_example_scores, squad_v2_aggregate, squad_v2_example_scores
+from adapt.outputs import _jsonable
 
 # metric name -> (kind of input files, keys it reports (None: all), key compared by --compare)
 METRICS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
@@ -36,14 +37,18 @@ METRICS: dict[str, tuple[str, tuple[str, ...] | None, str]] = {
     "chrf": ("text", None, "chrf"),
     "rouge": ("text", None, "rougeL"),
 }
-# JSONL fields read per kind of metric, first present wins. A run's predictions_validation.jsonl row holds the
-# gold ('label', 'tags', 'references') beside the model's 'prediction': --predictions reads the prediction side,
-# --references the gold side, so one such file can be both. `adapt predict` writes 'label'/'tags'/'generated_text'.
+# JSONL fields read per kind of metric ("evaluate": an evaluate module's), first present wins. A run's
+# predictions_validation.jsonl row holds the gold ('label', 'tags', 'references') beside the model's 'prediction':
+# --predictions reads the prediction side, --references the gold side, so one such file can be both. `adapt
+# predict` writes 'label'/'tags'/'generated_text'.
 _PREDICTION_FIELDS = {"classification": ("prediction", "label"), "seqeval": ("prediction", "tags"),
-                      "text": ("prediction", "generated_text", "text")}
-_REFERENCE_FIELDS = {"classification": ("label",), "seqeval": ("tags",), "text": ("references", "target", "text")}
-# fields that mark a row as gold data or as per-example perplexity, never as a prediction of that kind
-_NOT_PREDICTION_FIELDS = {"text": ("references", "target", "nll", "perplexity")}
+                      "text": ("prediction", "generated_text", "text"), "evaluate": evaluate_module.PREDICTION_FIELDS}
+_REFERENCE_FIELDS = {"classification": ("label",), "seqeval": ("tags",), "text": ("references", "target", "text"),
+                     "evaluate": evaluate_module.REFERENCE_FIELDS}
+# fields that mark a row as gold data or as per-example perplexity (a clm run's text, nll, perplexity rows), so
+# that its 'text' is the input, never a prediction; fields named as the model's output are read all the same
+_NOT_PREDICTION_FIELDS = {kind: ("references", "target", "nll", "perplexity") for kind in ("text", "evaluate")}
+_OUTPUT_FIELDS = ("prediction", "prediction_text", "generated_text")
 _FORMAT = {  # what each kind of file holds, told when a file does not fit
     "classification": "one label per line, or .jsonl with a 'prediction' or 'label' field (references: 'label')",
     "seqeval": "one sentence of space-separated IOB tags per line, or .jsonl with a 'prediction' or 'tags' list "
@@ -52,6 +57,8 @@ _FORMAT = {  # what each kind of file holds, told when a file does not fit
             "'references' list, 'target' or 'text')",
     "squad": "SQuAD .jsonl: predictions with 'id' and 'prediction_text', references with 'id' and "
              "'answers': {'text': [...]}",
+    "evaluate": "one value per line, or .jsonl with a model-output field (" + ", ".join(
+        evaluate_module.PREDICTION_FIELDS) + "; references: " + ", ".join(evaluate_module.REFERENCE_FIELDS) + ")",
 }
 
 
@@ -109,7 +116,7 @@ def _side_value(path: str, n: int, record: dict, kind: str, is_prediction: bool)
     keys = (_PREDICTION_FIELDS if is_prediction else _REFERENCE_FIELDS)[kind]
     key = next((k for k in keys if k in record), None)
     blocked = [k for k in _NOT_PREDICTION_FIELDS.get(kind, ()) if k in record] if is_prediction else []
-    if key is None or (blocked and key not in ("prediction", "generated_text")):
+    if key is None or (blocked and key not in _OUTPUT_FIELDS):
         if blocked:
             held = "per-example perplexity" if {"nll", "perplexity"} & set(blocked) else "gold data"
             reason = f"the row holds {held} ({', '.join(blocked)}), not a prediction"
@@ -327,6 +334,8 @@ def score_files(
         raise AdaptError(f"--ci must be between 0 and 1 (e.g. 0.95), got {ci}")
     if (tokenize is not None or target_lang) and "bleu" not in metrics:
         raise AdaptError("--tokenize and --target-lang choose BLEU's tokenizer; add --metric bleu or drop them")
+    evaluate_module.check_display_names(modules, {m: f"the scores of the built-in --metric {m}"
+                                                  for m in metrics if m in METRICS})
     report: dict = {"scores": {}, "notes": []}
     examples = None
     for metric in metrics:
@@ -363,19 +372,12 @@ def score_files(
     return report
 
 
-def _module_values(path: str, fields: tuple[str, ...], side: str) -> list[tuple[int, object]]:
-    """(line number, value) per example of a file for an evaluate module: a plain line, or the first of `fields`
-    a JSONL row holds."""
+def _module_values(path: str, is_prediction: bool) -> list[tuple[int, object]]:
+    """(line number, value) per example of a file for an evaluate module: a plain line, or a JSONL row's
+    prediction or gold field (`_side_value` of the "evaluate" kind)."""
     if not path.endswith(".jsonl"):
         return _records(path)
-    values = []
-    for n, record in _jsonl(path):
-        key = next((k for k in fields if k in record), None)
-        if key is None:
-            raise AdaptError(f"{path} line {n}: no {side} field ({', '.join(fields)}); the row has: "
-                             f"{', '.join(map(str, record)) or 'no fields'}")
-        values.append((n, record[key]))
-    return values
+    return [(n, _side_value(path, n, record, "evaluate", is_prediction)) for n, record in _jsonl(path)]
 
 
 def score_module_files(ref: str, predictions: str, references: list[str]) -> tuple[str, dict, Examples]:
@@ -387,13 +389,11 @@ def score_module_files(ref: str, predictions: str, references: list[str]) -> tup
     Raises:
         AdaptError: an unloadable module, unreadable or misaligned files, values the module's features do not
             take, or the module's own error."""
-    from adapt.metrics import evaluate_module
-
     module = load_metric_module(ref)
     if not references:
         raise AdaptError("give the reference file(s) with --references")
-    preds = _module_values(predictions, evaluate_module.PREDICTION_FIELDS, "prediction")
-    streams = [_module_values(path, evaluate_module.REFERENCE_FIELDS, "reference") for path in references]
+    preds = _module_values(predictions, is_prediction=True)
+    streams = [_module_values(path, is_prediction=False) for path in references]
     _check_lengths(predictions, len(preds), references, [len(s) for s in streams])
     lists = len(references) > 1 or any(isinstance(v, (list, dict)) for _, v in streams[0])
     predict_feature, reference_feature = evaluate_module.input_features(module, lists)
@@ -418,8 +418,6 @@ def load_metric_module(ref: str):
 
     Raises:
         AdaptError: see `load_module` (bad script, unreachable Hub)."""
-    from adapt.metrics import evaluate_module
-
     return evaluate_module.load_module(ref, (*METRICS, "perplexity"))
 
 
@@ -433,8 +431,6 @@ def score_module_rows(module, ref: str, rows: list[dict], where: str, label_name
     Raises:
         AdaptError: rows without predictions (plain-text clm evaluation), values the module's features do not
             take, or the module's own error."""
-    from adapt.metrics import evaluate_module
-
     predictions, references = evaluate_module.examples_from_rows(rows, module, where, label_names)
     return evaluate_module.display_name(ref), evaluate_module.compute(module, ref, predictions, references)
 
@@ -551,23 +547,16 @@ def score_perplexity(model_dir: str, text_file: str, max_length: int, stride: in
             "examples": []}
 
 
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def to_json(report: dict) -> str:
     """The report without per-example rows, as indented JSON (what `--json` prints)."""
-    return json.dumps(_jsonable({k: v for k, v in report.items() if k != "examples"}), indent=2)
+    return json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2, default=_jsonable)
 
 
 def write_output(report: dict, path: str) -> None:
     """Write scores, intervals, comparisons and the per-example predictions to `path` as JSON."""
     try:
-        Path(path).write_text(json.dumps(_jsonable(report), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        Path(path).write_text(json.dumps(report, indent=2, ensure_ascii=False, default=_jsonable) + "\n",
+                              encoding="utf-8")
     except OSError as err:
         raise AdaptError(f"cannot write {path}: {err.strerror}") from None
 

@@ -180,7 +180,8 @@ class Service:
         from adapt.train import make_accelerator
 
         self.task, self.name, self.limits, self.batch_size = task, name, limits, batch_size
-        self.model = model.to(make_accelerator().device).eval()
+        self.accelerator = make_accelerator()  # one for every request (`predict_stream`)
+        self.model = model.to(self.accelerator.device).eval()
         self.created = int(time.time())
         self.worker = ModelWorker(self._predict, limits.max_batch)
 
@@ -193,86 +194,77 @@ class Service:
         return isinstance(self.task, CausalLM)
 
     def _predict(self, inputs: list[str]) -> list[dict]:
-        """`adapt predict`'s records for `inputs` (same functions, same order), as plain JSON values."""
-        from adapt.runner import finite_records, json_value, predict_stream
+        """`adapt predict`'s records for `inputs` (same functions, same order)."""
+        from adapt.runner import finite_records, predict_stream
 
-        records = finite_records(predict_stream(self.task, self.model, inputs, self.batch_size), self.name)
-        return json.loads(json.dumps(list(records), ensure_ascii=False, default=json_value, allow_nan=False))
+        records = predict_stream(self.task, self.model, inputs, self.batch_size, accelerator=self.accelerator)
+        return list(finite_records(records, self.name))
 
     # ---- generation (causal LMs) -------------------------------------------------------------------
     def generation_settings(self, max_tokens: int | None, temperature: float | None, top_p: float | None) -> dict:
         """`model.generate` keyword arguments: the run's `task_options` (what `adapt predict` uses), with the
-        request's values where given; temperature 0 is greedy decoding.
+        request's values where given (`CausalLM.generation_kwargs`).
 
         Raises:
             ApiError: 422 for a `max_tokens` over `Limits.max_new_tokens`."""
-        settings = dict(self.task.generation_kwargs())
-        if max_tokens is not None:
-            settings["max_new_tokens"] = max_tokens
+        settings = self.task.generation_kwargs(max_tokens, temperature, top_p)
         if settings["max_new_tokens"] > self.limits.max_new_tokens:
             raise ApiError(422, f"max_tokens {settings['max_new_tokens']} is over this server's limit of "
                                 f"{self.limits.max_new_tokens}", "max_tokens")
-        if temperature is None and top_p is None:
-            return settings
-        options = self.task.options
-        temperature = options.temperature if temperature is None else temperature
-        top_p = options.top_p if top_p is None else top_p
-        for key in ("do_sample", "temperature", "top_p"):
-            settings.pop(key, None)
-        if temperature == 0:
-            return {**settings, "do_sample": False}
-        return {**settings, "do_sample": True, "temperature": temperature, "top_p": top_p}
+        return settings
 
-    def prompt_ids(self, text: str, chat: bool) -> list[int]:
-        """Token ids of a prompt, as `adapt predict` tokenizes one (`CausalLM.featurize_pairs`): a rendered chat
+    def prompt_ids(self, text: str, chat: bool, max_new_tokens: int) -> list[int]:
+        """Token ids of a prompt, as `adapt predict` tokenizes one (`CausalLM.prompt_token_ids`): a rendered chat
         template brings its own special tokens, plain text gets the tokenizer's usual ones (BOS).
 
         Raises:
-            ApiError: 422 for a prompt over `Limits.max_prompt_tokens` or the model's positions."""
+            ApiError: 422 for a prompt over `Limits.max_prompt_tokens`, or one that with `max_new_tokens`
+                generated tokens would not fit the model's positions (`max_position_embeddings`)."""
         ids = self.task.tokenizer(text, add_special_tokens=not chat)["input_ids"]
-        limit = min(self.limits.max_prompt_tokens, getattr(self.model.config, "max_position_embeddings", None) or 10**9)
-        if len(ids) > limit:
-            raise ApiError(422, f"the prompt has {len(ids)} tokens, over this server's limit of {limit}",
-                           "messages" if chat else "prompt", "context_length_exceeded")
+        param = "messages" if chat else "prompt"
+        if len(ids) > self.limits.max_prompt_tokens:
+            raise ApiError(422, f"the prompt has {len(ids)} tokens, over this server's limit of "
+                                f"{self.limits.max_prompt_tokens}", param, "context_length_exceeded")
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions and len(ids) + max_new_tokens > positions:
+            raise ApiError(422, f"the prompt's {len(ids)} tokens and max_tokens {max_new_tokens} are over the "
+                                f"model's {positions} positions; shorten the prompt or lower max_tokens", param,
+                           "context_length_exceeded")
         return ids
 
     def render_chat(self, messages: list[dict]) -> str:
-        """The chat rendered with the tokenizer's chat template, ending with the assistant's turn.
+        """The chat rendered with the tokenizer's chat template, ending with the assistant's turn
+        (`adapt.conversation.render`).
 
         Raises:
             ApiError: 422 when the tokenizer has no chat template, or its template refuses the messages."""
+        from adapt.conversation import ConversationError, render
+
         if not self.task.tokenizer.chat_template:
             raise ApiError(422, f"model '{self.name}' has no chat template; use POST /v1/completions", "messages")
         try:
-            return self.task.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception as err:  # the template's own checks (e.g. roles out of order) raise jinja errors
-            raise ApiError(422, f"the chat template of '{self.name}' refused the messages ({err})", "messages") from None
+            return render(self.task.tokenizer, messages, add_generation_prompt=True)
+        except ConversationError as err:
+            raise ApiError(422, f"model '{self.name}': {err}", "messages") from None
 
-    def generate(self, ids: list[int], settings: dict, streamer=None) -> tuple[list[int], str]:
-        """(new token ids, finish reason "stop" or "length") for one prompt; runs on the worker thread. The call
-        is `CausalLM.generate`'s (its stop ids and pad id) with the request's settings and an optional streamer."""
-        import torch
+    def generate(self, prompts: list[list[int]], settings: dict, streamer=None) -> list[tuple[list[int], str]]:
+        """(new token ids, finish reason "stop" or "length") per prompt, generated in one left-padded batch by
+        `CausalLM.generate` with the request's settings and an optional streamer (one prompt); runs on the worker
+        thread."""
+        from adapt.tasks.causal_lm import left_pad
 
-        device = next(self.model.parameters()).device
-        input_ids = torch.tensor([ids], device=device)
-        stop = self.task.stop_token_ids(self.model)
-        with torch.inference_mode():
-            out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                      pad_token_id=self.task.tokenizer.pad_token_id, eos_token_id=stop,
-                                      streamer=streamer, **settings)
-        new = out[0, len(ids):].tolist()
-        stops = set(stop) if isinstance(stop, (list, tuple)) else {stop}
-        while new and new[-1] == self.task.tokenizer.pad_token_id and self.task.tokenizer.pad_token_id not in stops:
-            new.pop()
-        finish = "stop" if new and new[-1] in stops else "length"
-        return new, finish
+        batch = {k: v.to(self.accelerator.device) for k, v in left_pad(prompts, self.task.tokenizer.pad_token_id).items()}
+        new = self.task.generate(self.model, batch, settings, streamer)
+        lengths, ended = self.task.generated_lengths(self.model, new)
+        return [(row[:n].tolist(), "stop" if stop else "length")
+                for row, n, stop in zip(new, lengths.tolist(), ended.tolist())]
 
-    def complete(self, ids: list[int], settings: dict) -> tuple[str, int, str]:
-        """(generated text, generated tokens, finish reason) for one prompt, decoded as `adapt predict` decodes
+    def complete(self, prompts: list[list[int]], settings: dict) -> list[tuple[str, int, str]]:
+        """(generated text, generated tokens, finish reason) per prompt, decoded as `adapt predict` decodes
         (special tokens skipped). Runs on the worker thread, as every use of the tokenizer does (a fast tokenizer
         is not safe to use from two threads at once)."""
-        new, finish = self.generate(ids, settings)
-        return self.task.tokenizer.decode(new, skip_special_tokens=True), len(new), finish
+        return [(self.task.tokenizer.decode(new, skip_special_tokens=True), len(new), finish)
+                for new, finish in self.generate(prompts, settings)]
 
 
 # ---- the application ------------------------------------------------------------------------------------
@@ -366,8 +358,10 @@ def create_app(service: Service):
 
     from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, Response, StreamingResponse
     from starlette.concurrency import iterate_in_threadpool
+
+    from adapt.runner import json_value
 
     limits = service.limits
 
@@ -422,7 +416,9 @@ def create_app(service: Service):
                 line = " ".join(line.splitlines())
             lines.append(line)
         records = await asyncio.wrap_future(service.worker.predict(lines))
-        return {"model": service.name, "predictions": records}
+        body = json.dumps({"model": service.name, "predictions": records}, ensure_ascii=False,
+                          default=json_value, allow_nan=False)
+        return Response(body, media_type="application/json")
 
     def check_generation(request: Sampling) -> dict:
         if not service.generates_text:
@@ -451,7 +447,7 @@ def create_app(service: Service):
 
         def run():
             try:
-                return service.generate(ids, settings, streamer)
+                return service.generate([ids], settings, streamer)[0]
             finally:
                 streamer.end()  # also when generation failed: the response must not wait forever
 
@@ -487,7 +483,8 @@ def create_app(service: Service):
             raise ApiError(413 if prompts else 422, f"give 1 to {limits.max_inputs} prompts", "prompt")
         if request.stream and len(prompts) > 1:
             raise ApiError(422, "stream: true takes one prompt", "prompt")
-        ids = await asyncio.wrap_future(service.worker.call(lambda: [service.prompt_ids(p, chat=False) for p in prompts]))
+        ids = await asyncio.wrap_future(service.worker.call(
+            lambda: [service.prompt_ids(p, False, settings["max_new_tokens"]) for p in prompts]))
         ident, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             def chunk(text, finish):
@@ -497,14 +494,11 @@ def create_app(service: Service):
                         "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
 
             return stream_events(ids[0], settings, chunk)
-        choices, generated = [], 0
-        for index, prompt in enumerate(ids):
-            text, count, finish = await asyncio.wrap_future(service.worker.call(
-                lambda p=prompt: service.complete(p, settings)))
-            generated += count
-            choices.append({"index": index, "text": text, "logprobs": None, "finish_reason": finish})
+        results = await asyncio.wrap_future(service.worker.call(lambda: service.complete(ids, settings)))
+        choices = [{"index": index, "text": text, "logprobs": None, "finish_reason": finish}
+                   for index, (text, _, finish) in enumerate(results)]
         return {"id": ident, "object": "text_completion", "created": created, "model": service.name,
-                "choices": choices, "usage": usage(sum(map(len, ids)), generated)}
+                "choices": choices, "usage": usage(sum(map(len, ids)), sum(count for _, count, _ in results))}
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: ChatRequest):
@@ -515,7 +509,8 @@ def create_app(service: Service):
         messages = [{"role": m.role, "content": m.content if isinstance(m.content, str)
                      else "".join(part.text for part in m.content)} for m in request.messages]
         rendered = service.render_chat(messages)
-        ids = await asyncio.wrap_future(service.worker.call(lambda: service.prompt_ids(rendered, chat=True)))
+        ids = await asyncio.wrap_future(service.worker.call(
+            lambda: service.prompt_ids(rendered, True, settings["max_new_tokens"])))
         ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         if request.stream:
             def chunk(text, finish):
@@ -525,7 +520,7 @@ def create_app(service: Service):
                         "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
 
             return stream_events(ids, settings, chunk)
-        text, count, finish = await asyncio.wrap_future(service.worker.call(lambda: service.complete(ids, settings)))
+        [(text, count, finish)] = await asyncio.wrap_future(service.worker.call(lambda: service.complete([ids], settings)))
         return {"id": ident, "object": "chat.completion", "created": created, "model": service.name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
                              "logprobs": None, "finish_reason": finish}],
@@ -544,9 +539,8 @@ def load_service(model_dir: str, recipe: str | None = None, overrides: list[str]
     from adapt import assets
     from adapt.runner import load_trained
 
-    folder = assets.resolve_model_path(model_dir) if assets.is_embedded(model_dir) else model_dir
-    task, model = load_trained(folder, recipe, list(overrides), trust_remote_code)
-    default = model_dir.split(":", 1)[1] if assets.is_embedded(model_dir) else Path(model_dir).resolve().name
+    task, model = load_trained(model_dir, recipe, list(overrides), trust_remote_code)
+    default = assets.embedded_name(model_dir) if assets.is_embedded(model_dir) else Path(model_dir).resolve().name
     return Service(task, model, name or default, limits, batch_size)
 
 

@@ -50,7 +50,7 @@ class InterruptFlag:
     """While installed (`with InterruptFlag() as flag:`), Ctrl-C, SIGTERM and SIGUSR1 set `flag.signal`
     instead of ending the process: the loop finishes its step, saves a checkpoint and raises Interrupted;
     a signal during set-up stops the run after its first step, one during the final save lets the save
-    finish. A second Ctrl-C raises KeyboardInterrupt. Handlers are only installed in the main thread."""
+    finish; later signals change nothing. A second Ctrl-C raises KeyboardInterrupt. Handlers are only installed in the main thread."""
 
     def __init__(self):
         self.signal: int | None = None
@@ -66,20 +66,14 @@ class InterruptFlag:
     def _on_signal(self, signum, frame) -> None:
         if self.signal is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signal = signum
+        # the first signal names the interruption: when a scheduler signals a whole job, torchrun forwards the same
+        # signal again, and a second one (from adapt's launcher) makes it follow with SIGTERM while shutting down
+        if self.signal is None:
+            self.signal = signum
 
     def __exit__(self, *exc) -> None:
         for handled, previous in self.previous.items():
             signal.signal(handled, previous)
-
-
-def agreed_signal(received: int | None, accelerator: Accelerator) -> int | None:
-    """The interrupting signal any process has received (the highest number if several), on every process, so
-    that all stop at the same step and save one checkpoint together: a launcher forwards a scheduler's signal
-    to each process separately, and they may get it in different steps. One small all-reduce."""
-    flag = torch.tensor([received or 0], device=accelerator.device)
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return int(flag) or None
 
 
 @dataclass
@@ -115,6 +109,8 @@ def make_accelerator(recipe: Recipe | None = None, output_dir: Path | None = Non
                               log_with=tracking.log_with(recipe, output_dir), project_dir=str(output_dir))
     if multi_cpu:  # the Accelerate config's FSDP2, which Accelerate itself enables only on GPUs
         fsdp.enable_on_cpu(accelerator)
+    if fsdp.enabled(accelerator):  # needs only the recipe: refused before any data is read
+        fsdp.check_precision(speed.mixed_precision_mode(recipe.train))
     return accelerator
 
 
@@ -207,6 +203,7 @@ def prepare_optimization(model, task: Task, recipe: Recipe, features: dict[str, 
     if sharded:  # fully_shard replaced the parameters by shards, which the optimizer now steps
         optimization.weights = fsdp.ShardedWeights(model, fsdp.state_dict_type(accelerator), accelerator.process_index,
                                                    accelerator.num_processes)
+        fsdp.mark_for_generation(model)
     return model, optimization, scheduler
 
 
@@ -223,19 +220,24 @@ def to_device(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def accumulate_gradients(task: Task, model, micro_batches: list[dict], accelerator: Accelerator) -> tuple[torch.Tensor, int, int, int]:
+def accumulate_gradients(task: Task, model, micro_batches: list[dict], accelerator: Accelerator,
+                         received: int | None = None) -> tuple[torch.Tensor, int, int, int, int | None]:
     """Backward over the micro-batches of one optimizer step so the gradient equals that of one big
     batch: each micro-batch's summed loss is divided by the target count of the whole global batch
-    (all micro-batches, all processes), not by its own. Returns (this process's loss sum as a device
-    tensor, global targets, this process's samples, this process's non-pad tokens); counting happens on
-    the host batches so that nothing waits for the device mid-step."""
+    (all micro-batches, all processes), not by its own. `received`: the interrupting signal this process
+    has received (None: none). Returns (this process's loss sum as a device tensor, global targets, this
+    process's samples, this process's non-pad tokens, the signal any process had received when the step
+    began: the highest number if several, the same on every process, so that all stop at the same step and
+    save one checkpoint together; a launcher forwards a scheduler's signal to each process separately and
+    they may get it in different steps). Counting happens on the host batches so that nothing waits for the
+    device mid-step."""
     world = accelerator.num_processes
     for b in micro_batches:
         b.pop("index", None)
-    targets = torch.tensor(sum(task.count_targets(b) for b in micro_batches), device=accelerator.device if world > 1 else "cpu")
-    if world > 1:  # the one host-device sync of a step, and only with several processes
-        targets = accelerator.reduce(targets, reduction="sum")
-    targets = int(targets)
+    targets = sum(task.count_targets(b) for b in micro_batches)
+    if world > 1:  # the one collective and host-device sync of a step, and only with several processes
+        counts = accelerator.gather(torch.tensor([targets, received or 0], device=accelerator.device)).view(world, 2)
+        targets, received = int(counts[:, 0].sum()), int(counts[:, 1].max()) or None
     # DDP averages gradients over processes, so each process scales its share by `world`
     scale = world / max(1, targets)
     samples = sum(len(b["input_ids"]) for b in micro_batches)
@@ -248,7 +250,7 @@ def accumulate_gradients(task: Task, model, micro_batches: list[dict], accelerat
             loss_sum, _ = task.loss(model, b)
             accelerator.backward(loss_sum * scale)
         loss_total += loss_sum.detach().float()
-    return loss_total, targets, samples, tokens
+    return loss_total, targets, samples, tokens, received
 
 
 # ---- evaluation -----------------------------------------------------------------------------------
@@ -375,8 +377,6 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
     model = build_training_model(task, model_path, recipe)
     run = run_description(recipe, raw, world, fsdp.description(accelerator))
     sharded = fsdp.enabled(accelerator)
-    if sharded:
-        fsdp.check_precision(speed.mixed_precision_mode(cfg))
     if plan.mode == "resume":
         check_resumable(plan.checkpoint, run, note)
     if recipe.data_note and is_main:  # every check passed: say which data the run scores (the command line set it)
@@ -588,7 +588,8 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
             window_batches = [b for _, b in zip(range(cfg.grad_accum), stream)]
             if not window_batches:
                 break
-            loss_total, targets, samples, tokens = accumulate_gradients(task, model, window_batches, accelerator)
+            loss_total, targets, samples, tokens, agreed = accumulate_gradients(task, model, window_batches, accelerator,
+                                                                               interrupted.signal)
             window["loss"] += loss_total
             window["samples"] += samples
             window["tokens"] += tokens
@@ -624,7 +625,8 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
                 stopped_early = run_eval(final=last)
             if (cfg.save_steps and state.step % cfg.save_steps == 0) or (cfg.save_steps and last):
                 save_checkpoint()
-            signalled = interrupted.signal if world == 1 else agreed_signal(interrupted.signal, accelerator)
+            # one process reads its flag now; several stop on the signal they agreed on in this step's gradient reduce
+            signalled = interrupted.signal if world == 1 else agreed
             if signalled is not None and not last:
                 why = f"interrupted ({signal.Signals(signalled).name}) at step {state.step}/{total_steps}"
                 if plan.mode == "overwrite":  # the old run stays until a new one has finished

@@ -10,6 +10,13 @@ import numpy as np
 from adapt.errors import AdaptError
 
 
+# the scalar figures each scorer reports (f1_per_class besides): the metrics a run can pick its best checkpoint by
+SINGLE_LABEL_METRICS = ("accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro",
+                        "matthews")
+MULTI_LABEL_METRICS = ("f1_micro", "f1_macro", "precision_micro", "recall_micro", "precision_macro", "recall_macro",
+                       "subset_accuracy")
+
+
 def _names(labels: Sequence, label_names: Sequence[str] | None) -> list:
     if label_names is None:
         return list(labels)
@@ -70,10 +77,6 @@ def _matthews(confusion: np.ndarray) -> float:
     covariance = correct * n - predicted @ gold
     denominator = np.sqrt((n * n - predicted @ predicted) * (n * n - gold @ gold))
     return float(covariance / denominator) if denominator > 0 else 0.0
-
-
-MULTI_LABEL_METRICS = ("f1_micro", "f1_macro", "precision_micro", "recall_micro", "precision_macro", "recall_macro",
-                       "subset_accuracy")
 
 
 def multi_label_scores(predicted: np.ndarray, gold: np.ndarray, label_names: Sequence[str]) -> dict:

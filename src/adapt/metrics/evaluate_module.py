@@ -16,10 +16,12 @@ module's declared `features`:
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from adapt.errors import AdaptError
+from adapt.outputs import _jsonable
 
 # fields of a per-example row (a run's predictions_*.jsonl, `adapt predict` output, `adapt eval --model` rows),
 # first present wins: the model's side, then the gold side
@@ -58,30 +60,41 @@ def script_path(ref: str) -> Path:
     return path.resolve()
 
 
-def hub_reachable(timeout: float = 3.0) -> bool:
+def hub_reachable() -> bool:
     """Whether the Hugging Face Hub can be asked for a module: not when HF_HUB_OFFLINE / HF_EVALUATE_OFFLINE is
-    set, nor when a TCP connection to its endpoint fails within `timeout` seconds (evaluate's own attempt waits
-    for its HTTP retries, half a minute, before failing offline)."""
-    import socket
-    from urllib.parse import urlparse
-
+    set, nor when the endpoint does not answer within `adapt.hub.REACH_TIMEOUT_S` (`adapt.hub.unreachable_reason`;
+    evaluate's own attempt waits for its HTTP retries, half a minute, before failing offline)."""
     import evaluate
     from huggingface_hub import constants
 
+    from adapt.hub import unreachable_reason
+
     if constants.HF_HUB_OFFLINE or evaluate.config.HF_EVALUATE_OFFLINE:
         return False
-    endpoint = urlparse(constants.ENDPOINT)
-    try:
-        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    return unreachable_reason() is None
 
 
 def display_name(ref: str) -> str:
     """The name a module's scores are reported under: the script's file name without .py (a folder: its
     script's), or the Hub id."""
     return script_path(ref).stem if is_local(ref) else ref
+
+
+def check_display_names(refs: list[str], taken: dict[str, str]) -> None:
+    """Refuse two metrics whose scores would be reported under one name (and so overwrite each other): evaluate
+    modules `refs` with the same `display_name` (scripts `a/acc.py` and `b/acc.py`), or one named like an entry of
+    `taken` (report name -> what it holds: a built-in --metric's scores, the model's own scores). The
+    same ref given twice is one module.
+
+    Raises:
+        AdaptError: naming both --metric values and the fix (rename a script)."""
+    seen = dict(taken)
+    for ref in dict.fromkeys(refs):
+        name = display_name(ref)
+        if name in seen:
+            raise AdaptError(f"--metric {ref}: its scores would be reported under '{name}', which already holds "
+                             f"{seen[name]}; rename the metric script (its file name names its scores)")
+        seen[name] = f"the scores of --metric {ref}"
 
 
 def load_module(ref: str, builtin: tuple[str, ...] = ()):
@@ -145,9 +158,13 @@ def _inner(feature):
     return feature[0] if isinstance(feature, list) else feature.feature
 
 
+_BOOLS = {"true": True, "1": True, "1.0": True, "false": False, "0": False, "0.0": False}
+
+
 def cast(value, feature, where: str, label_names: list[str] | None = None, split_text: bool = False):
     """`value` as the module's `feature` takes it: integer features get label ids (a label name by its index in
-    `label_names`, or an integer written as text), float features numbers, string features text; a sequence
+    `label_names`, or an integer written as text), bool features True/False (from a bool, 1/0 or true/false
+    written as text), float features numbers, string features text; a sequence
     feature gets a list (a text is split at spaces when `split_text`, as a line of IOB tags, else wrapped as one
     reference); dict (SQuAD-style) features get the value as it is.
 
@@ -163,7 +180,13 @@ def cast(value, feature, where: str, label_names: list[str] | None = None, split
         return [cast(item, _inner(feature), where, label_names) for item in items]
     if isinstance(feature, Value):
         dtype = feature.dtype
-        if dtype.startswith(("int", "uint")) or dtype == "bool":
+        if dtype == "bool":
+            number = value if isinstance(value, bool) else _BOOLS.get(str(value).strip().lower())
+            if number is None:
+                raise AdaptError(f"{where}: {value!r} is not a truth value; the metric's features take bool: give "
+                                 "true/false or 1/0")
+            return number
+        if dtype.startswith(("int", "uint")):
             if isinstance(value, (bool, int)):
                 return int(value)
             text = str(value).strip()
@@ -241,14 +264,4 @@ def compute(module, ref: str, predictions: list, references: list) -> dict[str, 
                          f"reference {references[0]!r})") from None
     if not isinstance(result, dict):
         raise AdaptError(f"--metric {ref}: _compute() returned {type(result).__name__}, not a dict of scores; {_SHAPE}")
-    return {str(key): _plain(value) for key, value in result.items()}
-
-
-def _plain(value):
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    return value
+    return json.loads(json.dumps({str(key): value for key, value in result.items()}, default=_jsonable))

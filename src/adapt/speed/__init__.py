@@ -24,8 +24,6 @@ The loop's view (adapt/train.py):
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from adapt.speed import fused_adamw, padding_free, runtime
@@ -58,7 +56,9 @@ def mixed_precision_mode(train) -> str:
 
 def _sharded() -> bool:
     """Whether Accelerate is launched with DeepSpeed or FSDP, which shard the weights and keep their own masters."""
-    return any(os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() in ("1", "true") for k in ("DEEPSPEED", "FSDP"))
+    from accelerate.utils import parse_flag_from_env
+
+    return any(parse_flag_from_env(f"ACCELERATE_USE_{k}") for k in ("DEEPSPEED", "FSDP"))  # as Accelerate reads them
 
 
 def setup_done() -> None:

@@ -15,7 +15,8 @@ from adapt.errors import AdaptError
 # Stepping only the used rows pays while they are a minority: past this share the gather and scatter of the
 # rows cost about what the skipped work saves.
 MAX_USED_ROW_SHARE = 0.5
-# a checkpoint's skipped embedding rows and their pending decay (TrainableWeights.save_rows), beside its weights
+# a checkpoint's decay of the skipped embedding rows since the run's start (TrainableWeights.save_rows), beside its
+# weights
 ROWS_FILE = "embedding_rows.safetensors"
 
 
@@ -24,45 +25,53 @@ class UsedEmbeddingRows:
     at every step, so AdamW's moments for it stay zero and its whole update is the weight decay
     `p *= 1 - lr * wd`. The optimizer therefore steps a compact copy of the used rows only (the table is
     ~half of a small encoder's weights, and a 2,000-sentence SST-2 sample uses 16% of its rows); the other
-    rows take their accumulated decay when the weights are next read (`TrainableWeights.sync`). Those rows
-    never enter a training forward, so when that happens changes nothing in training.
+    rows are `base * decay` (`base` the fp32 table as the run started, or as `load` set it; `decay` the product
+    of the steps' factors since), computed when the weights are next read (`TrainableWeights.sync`). Those rows
+    never enter a training forward, so when that happens changes nothing in training, and one rounding of the
+    whole product leaves them as exact as they can be, whenever they are read.
 
     In a single process the embedding also emits a sparse gradient (one row per token, summed into the
     compact fp32 buffer), so no table-sized bf16 gradient is zeroed and filled each step; DDP all-reduces
     dense gradients, so with several processes the used rows are gathered from the dense one.
 
-    Both for bf16 masters (`table` is the fp32 master table) and for fp32 training (`table` is the model's own
-    embedding weight, whose used rows `TrainableWeights.after_step` refreshes after every step)."""
+    Both for bf16 masters and for fp32 training (where the model's own table holds the used rows as
+    `TrainableWeights.after_step` refreshes them after every step, and the others as of the last sync)."""
 
-    def __init__(self, name: str, embedding: torch.nn.Embedding, table: torch.Tensor, index: torch.Tensor):
+    def __init__(self, name: str, embedding: torch.nn.Embedding, index: torch.Tensor, base: torch.Tensor):
+        """`base`: an fp32 [num_embeddings, hidden] table of the rows as training starts, owned by this object
+        (in bf16-master mode the master table; in fp32 a copy of the model's)."""
         self.name = name
         self.embedding = embedding
-        # fp32 master of every row, exact as of the last sync; in fp32 training the model's own weight, which is
-        # read through the module every time: a tensor kept from before `accelerator.prepare` may no longer be
-        # its storage (with DDP the parameter's data is replaced), and then `load` and `sync` would miss the model
-        self._master = None if table.data_ptr() == embedding.weight.data_ptr() else table
+        self.base = base
         self.index = index  # the used rows, sorted
         # row -> position in the compact copy; -1 makes a token outside the used set fail loudly
-        self.position = torch.full((table.shape[0],), -1, dtype=torch.long, device=index.device)
+        self.position = torch.full((embedding.num_embeddings,), -1, dtype=torch.long, device=index.device)
         self.position[index] = torch.arange(len(index), device=index.device)
-        self.decay = 1.0  # product of (1 - lr * wd) over the steps since the last sync
+        self.decay = 1.0  # product of (1 - lr * wd) over the steps since `base` (float64)
 
-    @property
-    def table(self) -> torch.Tensor:
-        """The fp32 master table: the masters' copy in bf16-master mode, else the embedding's current weight."""
-        return self.embedding.weight.detach() if self._master is None else self._master
+    def table(self, used: torch.Tensor) -> torch.Tensor:
+        """The whole fp32 table as of now, a new tensor: `base * decay`, with the used rows `used` ([len(index),
+        hidden], their compact fp32 master)."""
+        with torch.no_grad():
+            table = self.base * self.decay if self.decay != 1.0 else self.base.clone()
+            return table.index_copy_(0, self.index, used.detach().to(table.dtype))
 
     @staticmethod
-    def find(model: torch.nn.Module, fp32: dict[str, torch.Tensor], token_ids: torch.Tensor | None) -> UsedEmbeddingRows | None:
+    def find(model: torch.nn.Module, fp32: dict[str, torch.Tensor], token_ids: torch.Tensor | None,
+             master: bool) -> UsedEmbeddingRows | None:
         """The used rows of `model`'s input embedding, when stepping them alone is exact and pays: the table is
-        trained, used by nothing else (a tied output layer's gradient reaches every row), and mostly unused."""
+        trained, used by nothing else (a tied output layer's gradient reaches every row), and mostly unused.
+        `fp32`: the trained weights by name, the fp32 masters when `master` (bf16-master mode; the table's is
+        taken as `base`), else the model's own (`base` is a copy)."""
         embedding = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
         if token_ids is None or not isinstance(embedding, torch.nn.Embedding):
             return None
         names = [n for n, p in model.named_parameters(remove_duplicate=False) if p is embedding.weight]
         if len(names) != 1 or names[0] not in fp32 or len(token_ids) > MAX_USED_ROW_SHARE * embedding.num_embeddings:
             return None
-        return UsedEmbeddingRows(names[0], embedding, fp32[names[0]], token_ids.to(embedding.weight.device))
+        table = fp32[names[0]]
+        return UsedEmbeddingRows(names[0], embedding, token_ids.to(embedding.weight.device),
+                                 table if master else table.clone())
 
     def sparse_gradients(self, enabled: bool) -> None:
         """Let the embedding emit sparse gradients while training in one process (see the class docstring)."""
@@ -95,9 +104,9 @@ class TrainableWeights:
         self._grad_buffers: dict[str, torch.Tensor] | None = None
         if master:
             fp32 = {n: p.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
-            self.rows = UsedEmbeddingRows.find(model, fp32, used_token_ids)
+            self.rows = UsedEmbeddingRows.find(model, fp32, used_token_ids, master=True)
             if self.rows:
-                fp32[self.rows.name] = self.rows.table.index_select(0, self.rows.index)
+                fp32[self.rows.name] = self.rows.base.index_select(0, self.rows.index)
                 self.rows.sparse_gradients(True)
             model.to(torch.bfloat16)
             self.params = {n: torch.nn.Parameter(t) for n, t in fp32.items()}
@@ -105,9 +114,9 @@ class TrainableWeights:
         if not master:
             self.params = dict(self.model_params)
             own = {n: p.detach() for n, p in self.model_params.items()}  # the table is the model's own weight
-            self.rows = UsedEmbeddingRows.find(model, own, used_token_ids)
+            self.rows = UsedEmbeddingRows.find(model, own, used_token_ids, master=False)
             if self.rows:
-                self.params[self.rows.name] = torch.nn.Parameter(self.rows.table.index_select(0, self.rows.index))
+                self.params[self.rows.name] = torch.nn.Parameter(self.rows.base.index_select(0, self.rows.index))
                 self.rows.sparse_gradients(True)
 
     def named_parameters(self):
@@ -192,32 +201,27 @@ class TrainableWeights:
                 table = self.model_params[self.rows.name]
                 table.index_copy_(0, self.rows.index, self.params[self.rows.name].detach().to(table.dtype))
 
-    def sync(self) -> None:
-        """Bring the skipped embedding rows up to date, in the master table and in the model, before anything
-        reads them: evaluation, checkpoints, the final save."""
+    def sync(self) -> torch.Tensor | None:
+        """Bring the skipped embedding rows of the model up to date before anything reads them: evaluation,
+        checkpoints, the final save. Returns the whole fp32 table (None without compacted rows)."""
         if not self.rows:
-            return
-        rows = self.rows
-        with torch.no_grad():
-            if rows.decay != 1.0:
-                rows.table.mul_(rows.decay)  # the used rows are overwritten next
-                rows.decay = 1.0
-            rows.table.index_copy_(0, rows.index, self.params[rows.name].detach())
-            if self.master:  # in fp32 the table is the model's weight
-                self.model_params[rows.name].copy_(rows.table)
+            return None
+        table = self.rows.table(self.params[self.rows.name])
+        with torch.no_grad():  # through the parameter: DDP set-up may replace its storage, which a tensor kept
+            self.model_params[self.rows.name].copy_(table)  # from before `accelerator.prepare` would then miss
+        return table
 
     def _masters(self) -> dict[str, torch.Tensor]:
-        """Every trainable weight's master value, the embedding table whole and up to date."""
-        self.sync()
+        """Every trainable weight's master value, the embedding table whole and up to date (after a `sync`)."""
         masters = dict(self.params)
         if self.rows:
-            masters[self.rows.name] = self.rows.table
+            masters[self.rows.name] = self.sync()
         return masters
 
     def state(self, checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
         """Every trainable weight's master value as CPU tensors, after a `sync` (the model's table made whole).
         With `checkpoint` (the folder of a checkpoint being written): the same values without the `sync` (see
-        `snapshot`), and the skipped embedding rows written into that folder (`save_rows`) for `load`."""
+        `snapshot`), and the skipped rows' decay written into that folder (`save_rows`) for `load`."""
         if checkpoint is not None:
             self.save_rows(checkpoint)
             return self.snapshot()
@@ -225,39 +229,45 @@ class TrainableWeights:
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """What `state()` returns, without its `sync`: for checkpoints, which a signal may take at any step and
-        which must leave the run's arithmetic as it was, so the skipped rows' pending decay is applied to a copy,
-        not folded into the table (see `save_rows`)."""
+        which must leave the run (its model included) as it was."""
         masters = dict(self.params)
         if self.rows:
-            rows = self.rows
-            with torch.no_grad():  # as `sync` computes it, on a copy
-                table = rows.table * rows.decay if rows.decay != 1.0 else rows.table.clone()
-                table.index_copy_(0, rows.index, self.params[rows.name].detach().to(table.dtype))
-            masters[rows.name] = table
+            masters[self.rows.name] = self.rows.table(self.params[self.rows.name])
         return {n: t.detach().contiguous().cpu() for n, t in masters.items()}
 
     def save_rows(self, folder: Path) -> None:
-        """Beside a checkpoint's weights (`snapshot()`), the skipped embedding rows as the run holds them: the table
-        as of the last sync and the decay pending since (float64), in `ROWS_FILE`. `load` restores them, so that
-        a resumed run applies the decay at the same steps, with the same rounding, as an uninterrupted one
-        ((t * a) * b is not t * (a * b) in floating point); nothing is written without skipped rows."""
+        """Beside a checkpoint's weights (`snapshot()`), the skipped embedding rows' decay since `base` (float64),
+        in `ROWS_FILE`; nothing is written without skipped rows. `load` takes it up, so that a resumed run
+        rounds `base * decay` as an uninterrupted one does, not (table * a) * b."""
         if self.rows:
-            save_file({"table": self.rows.table.detach().contiguous().cpu(),
-                       "decay": torch.tensor([self.rows.decay], dtype=torch.float64)}, str(folder / ROWS_FILE))
+            save_file({"decay": torch.tensor([self.rows.decay], dtype=torch.float64)}, str(folder / ROWS_FILE))
 
-    def _load_rows(self, path: Path) -> None:
-        """Restore what `save_rows` wrote (after `load` has restored the weights and the used rows)."""
-        saved = load_file(str(path))
+    def _load_rows(self, table: torch.Tensor, path: Path) -> torch.Tensor:
+        """Restore the compacted embedding from a saved whole `table`; returns its used rows. With `ROWS_FILE`
+        beside `path` (a checkpoint) the run's `base` stays and the saved decay is taken up, so the skipped
+        rows of `table` must be `base * decay`; without, `table` is the new `base`.
+
+        Raises:
+            AdaptError: a table of another shape, or skipped rows that are not this run's `base` with the saved
+                decay."""
         rows = self.rows
-        if saved["table"].shape != rows.table.shape:
-            raise AdaptError(f"{path}: an embedding table of shape {tuple(saved['table'].shape)}, the model's is "
-                             f"{tuple(rows.table.shape)}; was the recipe changed since the checkpoint was written?")
-        with torch.no_grad():
-            rows.table.copy_(saved["table"])
-            rows.decay = float(saved["decay"][0])
-            rows.table.index_copy_(0, rows.index, self.params[rows.name].detach())
-            if self.master:  # the model's bf16 table as the run had it: the skipped rows as of the last sync
-                self.model_params[rows.name].copy_(rows.table)
+        rows_file = path.parent / ROWS_FILE
+        if table.shape != rows.base.shape:
+            raise AdaptError(f"{path}: an embedding table of shape {tuple(table.shape)}, the model's is "
+                             f"{tuple(rows.base.shape)}; was the recipe changed since the checkpoint was written?")
+        table = table.to(rows.base.device)
+        used = table.index_select(0, rows.index)
+        if rows_file.exists():
+            rows.decay = float(load_file(str(rows_file))["decay"][0])
+            if not torch.equal(rows.table(used), table):
+                raise AdaptError(f"{path}: the embedding rows the run skipped are not the model's initial rows "
+                                 f"decayed as {rows_file.name} says; was the model or recipe changed since the "
+                                 "checkpoint was written?")
+        else:
+            with torch.no_grad():
+                rows.base.copy_(table)
+            rows.decay = 1.0
+        return used
 
     def load(self, path: Path) -> None:
         state = load_file(str(path))
@@ -268,16 +278,10 @@ class TrainableWeights:
                              "weights); was the recipe changed since the checkpoint was written?")
         with torch.no_grad():
             for name, value in state.items():
-                if self._is_rows(name):
-                    self.rows.table.copy_(value)
-                    self.rows.decay = 1.0
-                    value = self.rows.table.index_select(0, self.rows.index)
-                self.params[name].copy_(value)
+                self.params[name].copy_(self._load_rows(value, path) if self._is_rows(name) else value)
         if self.master:
             self._refresh_model()
         self.sync()
-        if self.rows and (path.parent / ROWS_FILE).exists():
-            self._load_rows(path.parent / ROWS_FILE)
 
     def finalize(self, model: torch.nn.Module) -> None:
         """Put the fp32 master values back into an fp32 model, for saving (in fp32, bring the skipped

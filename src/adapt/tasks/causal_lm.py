@@ -16,12 +16,20 @@ from datasets import Dataset
 from pydantic import Field, field_validator
 
 from adapt import data
-from adapt.data import is_plain_text_file, split_passages  # plain-text helpers shared with the masked-LM task
+from adapt.data import split_passages
 from adapt.errors import AdaptError
 from adapt.metrics import perplexity_from_nll
 from adapt.metrics.generation import ROUGE_TYPES, exact_match_score, max_reference_rouge, translation_scores
 from adapt.tasks.base import (Task, TaskOptions, apply_generation_settings, ensure_pad_token, model_inputs,
                                pad_batch, predict_input, summed_cross_entropy)
+
+
+def synced_generation(model: torch.nn.Module) -> bool:
+    """Whether `generate()` runs synchronised across processes (`synced_gpus`): a model sharded with FSDP,
+    marked for transformers by `adapt.fsdp.mark_for_generation` (on the module whose `generate` runs)."""
+    from transformers.distributed.fsdp import is_fsdp_managed_module
+
+    return any(is_fsdp_managed_module(module) for module in model.modules())
 
 
 class CausalLMOptions(TaskOptions):
@@ -139,7 +147,7 @@ class CausalLM(Task):
         cut into passages, so a carved validation split takes whole passages and no text is in both splits.
         With task_options.source_lang/target_lang, plain line files are a parallel corpus instead: line i of
         train.en.gz is the prompt and line i of train.de.gz its completion (`data.read_parallel_lines`)."""
-        if not is_plain_text_file(str(path)):
+        if not data.is_plain_text_file(str(path)):
             return Task.read_file(self, path)  # a table, read with data.delimiter / data.header_names
         if self.options.source_lang or self.options.target_lang:
             o = self.options
@@ -159,10 +167,11 @@ class CausalLM(Task):
         return Dataset.from_dict({"text": passages, "ends_document": [False] * (len(passages) - 1) + [True]})
 
     def normalize(self, ds: Dataset, source: str) -> Dataset:
-        parallel = is_plain_text_file(source) and "ends_document" not in ds.column_names
-        if is_plain_text_file(source) and not parallel:
-            return ds
         o = self.options
+        plain = data.is_plain_text_file(source)
+        parallel = plain and bool(o.source_lang or o.target_lang)  # as `read_file` reads such files
+        if plain and not parallel:
+            return ds
         if o.prompt_column in ds.column_names and o.completion_column in ds.column_names:
             ds = ds.select_columns([o.prompt_column, o.completion_column])
             for column in (o.prompt_column, o.completion_column):
@@ -195,18 +204,18 @@ class CausalLM(Task):
         self.check_generation(splits["validation"])
 
     # ---- generation metrics ---------------------------------------------------------------------
-    def generation_pairs(self, raw: Dataset) -> tuple[list[str], list[str]] | None:
-        """(prompts rendered as the model reads them, reference completions), one per raw example, for the
-        generation metrics; None when the data has no pairs to generate for (plain text). Subclasses with
-        other data layouts (chat conversations) override this to take part in generation scoring."""
-        if "prompt" not in raw.column_names or "completion" not in raw.column_names:
-            return None
-        return [self.render_prompt(p) for p in raw["prompt"]], list(raw["completion"])
+    # the normalized columns that hold something to generate for (subclasses: their own layout, e.g. chat)
+    generation_columns = ("prompt", "completion")
 
     def generation_enabled(self, raw: Dataset) -> bool:
         """Whether evaluation of `raw` generates and scores completions: task_options.generation_metrics, by
-        default on whenever the data has prompt/completion pairs (`generation_pairs`)."""
-        return self.options.generation_metrics is not False and self.generation_pairs(raw) is not None
+        default on whenever the data has prompt/completion pairs (`generation_columns`; plain text has none)."""
+        return (self.options.generation_metrics is not False
+                and all(column in raw.column_names for column in self.generation_columns))
+
+    def references(self, raw: Dataset) -> list[str]:
+        """The reference completion of each raw example, which the generated one is scored against."""
+        return list(raw["completion"])
 
     def check_generation(self, validation: Dataset) -> None:
         """Before any training: generation options and metric_for_best must fit the data.
@@ -231,20 +240,22 @@ class CausalLM(Task):
         tokenizer's usual ones (BOS)."""
         return self.tokenizer(prompts, add_special_tokens=not self.options.chat_template)["input_ids"]
 
-    def add_generation_prompts(self, features: Dataset, raw: Dataset, role: str) -> Dataset:
-        """`features` plus `prompt_ids`: the prompt to generate from (its last train.max_length tokens) on the
-        first feature row of each example that is generated, [] elsewhere. The validation split during
-        training generates for its first task_options.generation_max_examples examples; other roles (test,
-        `adapt eval`) for all."""
-        prompts, _ = self.generation_pairs(raw)
+    def generation_count(self, examples: int, role: str) -> int:
+        """How many of a split's first examples evaluation generates for: the validation split during training
+        its first task_options.generation_max_examples; other roles (test, `adapt eval`) all."""
         cap = self.options.generation_max_examples if role == "validation" else None
-        ids = self.prompt_token_ids(prompts[:cap] if cap else prompts)
+        return min(examples, cap) if cap else examples
+
+    def add_generation_prompts(self, features: Dataset, prompt_ids: list[list[int]]) -> Dataset:
+        """`features` plus `prompt_ids`: the token ids of example i's prompt to generate from (`prompt_ids[i]`,
+        its last train.max_length tokens) on the first feature row of each example i < len(prompt_ids)
+        (`generation_count`), [] elsewhere."""
         max_length = self.recipe.train.max_length
         column, seen = [], set()
         for example in features["example"]:
             first = example not in seen
             seen.add(example)
-            column.append(list(ids[example])[-max_length:] if first and example < len(ids) else [])
+            column.append(list(prompt_ids[example])[-max_length:] if first and example < len(prompt_ids) else [])
         self.generates = True
         return features.add_column("prompt_ids", column)
 
@@ -254,8 +265,7 @@ class CausalLM(Task):
         text that is not Chinese/Japanese/Korean) and chrF, ROUGE-1/2/L/Lsum F-measure (0..1, rouge_score with
         stemming, sentences split for Lsum), exact match (0..1, after stripping whitespace), and `gen_len`, the
         mean number of generated tokens (EOS included). Empty when nothing was generated."""
-        _, references = self.generation_pairs(raw)
-        done = [(p["generated_text"], ref, p["gen_len"]) for p, ref in zip(predictions, references)
+        done = [(p["generated_text"], ref, p["gen_len"]) for p, ref in zip(predictions, self.references(raw))
                 if "generated_text" in p]
         if not done:
             return {}
@@ -307,20 +317,23 @@ class CausalLM(Task):
         ids = getattr(config, "eos_token_id", None)
         return ids if ids is not None else self.tokenizer.eos_token_id
 
-    def generation_kwargs(self) -> dict[str, Any]:
+    def generation_kwargs(self, max_new_tokens: int | None = None, temperature: float | None = None,
+                          top_p: float | None = None) -> dict[str, Any]:
+        """`model.generate` decoding settings: task_options.max_new_tokens/temperature/top_p, each replaced by the
+        argument given (`adapt serve`'s request values); temperature 0 is greedy decoding (no top_p)."""
         o = self.options
-        if o.temperature == 0:
-            return {"max_new_tokens": o.max_new_tokens, "do_sample": False}
-        return {"max_new_tokens": o.max_new_tokens, "do_sample": True, "temperature": o.temperature, "top_p": o.top_p}
+        max_new_tokens = o.max_new_tokens if max_new_tokens is None else max_new_tokens
+        temperature = o.temperature if temperature is None else temperature
+        if temperature == 0:
+            return {"max_new_tokens": max_new_tokens, "do_sample": False}
+        return {"max_new_tokens": max_new_tokens, "do_sample": True, "temperature": temperature,
+                "top_p": o.top_p if top_p is None else top_p}
 
     # ---- features -------------------------------------------------------------------------------
     def featurize(self, raw: Dataset, role: str) -> Dataset:
         if "text" in raw.column_names:
             return self.featurize_text(raw, role)
-        features = self.featurize_pairs(raw)
-        if role != "train" and "labels" in features.column_names and self.generation_enabled(raw):
-            features = self.add_generation_prompts(features, raw, role)
-        return features
+        return self.featurize_pairs(raw, role)
 
     def featurize_text(self, raw: Dataset, role: str) -> Dataset:
         """Document-masked blocks of `block_size` tokens packed from the text (`pack_blocks`: `position_ids`
@@ -360,14 +373,15 @@ class CausalLM(Task):
         return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                                   add_generation_prompt=True)
 
-    def featurize_pairs(self, raw: Dataset) -> Dataset:
+    def featurize_pairs(self, raw: Dataset, role: str = "train") -> Dataset:
         """Prompt tokens then completion tokens then EOS; only the completion and EOS are targets. Training
         pairs are cut to train.max_length from the right; prompts alone (generation) keep their last tokens.
         Each row is one example with its own `attention_mask`; with the speed layer's padding-free training a
         batch is flattened into one row of several examples (position ids restarting per example) by
         `adapt.speed`, which leaves these labels as they are: each example's first label is a prompt token's
         -100, so no example's first token is predicted from the previous example (the separator label that
-        `DataCollatorWithFlattening` writes is already there)."""
+        `DataCollatorWithFlattening` writes is already there). Evaluation roles (not "train"/"predict") with
+        the generation metrics on also get the prompts' ids to generate from (`add_generation_prompts`)."""
         max_length = self.recipe.train.max_length
         has_completion = "completion" in raw.column_names
         prompts = self.prompt_token_ids([self.render_prompt(p) for p in raw["prompt"]])
@@ -386,7 +400,10 @@ class CausalLM(Task):
             rows["attention_mask"].append([1] * len(ids))
             rows["length"].append(len(ids))
             rows["example"].append(i)
-        return Dataset.from_dict(rows)
+        features = Dataset.from_dict(rows)
+        if has_completion and role != "train" and self.generation_enabled(raw):
+            features = self.add_generation_prompts(features, prompts[:self.generation_count(len(prompts), role)])
+        return features
 
     def collate(self, rows: dict[str, list]) -> dict[str, torch.Tensor]:
         """Training/scoring rows padded on the right; prompts to continue padded on the left (so every row's
@@ -396,11 +413,12 @@ class CausalLM(Task):
         if "labels" not in rows:
             return left_pad(rows["input_ids"], self.tokenizer.pad_token_id)
         batch = pad_batch(rows, self.tokenizer.pad_token_id, skip=("length", "example", "tokens_dropped", "prompt_ids"))
-        generate = [i for i, ids in enumerate(rows.get("prompt_ids", ())) if ids]
-        if generate:
-            prompts = left_pad([rows["prompt_ids"][i] for i in generate], self.tokenizer.pad_token_id)
-            batch.update(prompt_input_ids=prompts["input_ids"], prompt_attention_mask=prompts["attention_mask"],
-                         generate_rows=torch.tensor(generate))
+        if "prompt_ids" in rows:  # a split that generates: `generate_rows` says which rows of this batch (maybe none)
+            generate = [i for i, ids in enumerate(rows["prompt_ids"]) if ids]
+            batch["generate_rows"] = torch.tensor(generate, dtype=torch.long)
+            if generate:
+                prompts = left_pad([rows["prompt_ids"][i] for i in generate], self.tokenizer.pad_token_id)
+                batch.update(prompt_input_ids=prompts["input_ids"], prompt_attention_mask=prompts["attention_mask"])
         return batch
 
     # ---- loss and evaluation --------------------------------------------------------------------------
@@ -416,21 +434,25 @@ class CausalLM(Task):
         """Prompts only: the generated ids. Labelled rows: summed NLL and target count per row (teacher-forced),
         and for the rows with a prompt to generate from (`generate_rows`) also `generated` [batch, new tokens]
         (pad ids on other rows), `gen_len` (tokens up to and including the first EOS) and `has_generation`."""
+        from accelerate.utils import extract_model_from_parallel
+
+        # DDP/DataParallel wrappers have neither `generate` nor the checkpoint's `generation_config` (stop ids)
+        model = extract_model_from_parallel(model)
         if "labels" not in batch:
             return {"generated": self.generate(model, batch)}
         logits = forward(model, batch).logits[:, :-1].float()
         targets = batch["labels"][:, 1:]
         nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(-1)
         out = {"nll": nll, "tokens": (targets != -100).sum(-1)}
-        if "generate_rows" in batch:
-            rows = batch["generate_rows"]
+        rows = batch.get("generate_rows")
+        if rows is not None and not len(rows) and synced_generation(model):
+            # a sharded model: every process must run as many generate() calls (each token's forward gathers
+            # weights from all), so one with nothing to generate in this batch decodes a 1-token prompt unused
+            self.generate(model, {"input_ids": batch["input_ids"][:1, :1], "attention_mask": batch["attention_mask"][:1, :1]})
+        if rows is not None and len(rows):
             new = self.generate(model, {"input_ids": batch["prompt_input_ids"],
                                         "attention_mask": batch["prompt_attention_mask"]})
-            stops = self.stop_token_ids(model)
-            stops = list(stops) if isinstance(stops, (list, tuple)) else [stops]
-            is_stop = torch.isin(new, torch.tensor(stops, device=new.device))
-            ended = is_stop.any(-1)
-            lengths = torch.where(ended, is_stop.int().argmax(-1) + 1, new.shape[1])
+            lengths, _ = self.generated_lengths(model, new)
             size = nll.shape[0]
             generated = new.new_full((size, new.shape[1]), self.tokenizer.pad_token_id)
             generated[rows] = new
@@ -439,17 +461,28 @@ class CausalLM(Task):
             out["has_generation"] = torch.zeros(size, dtype=torch.bool, device=nll.device).index_fill(0, rows, True)
         return out
 
-    def generate(self, model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """New token ids per row of left-padded prompts (padded with the pad id after EOS), decoded with the
-        recipe's settings (`generation_kwargs`: greedy unless task_options.temperature > 0) and a KV cache."""
-        from accelerate.utils import extract_model_from_parallel
-
+    def generate(self, model, batch: dict[str, torch.Tensor], settings: dict[str, Any] | None = None,
+                 streamer=None) -> torch.Tensor:
+        """New token ids [rows, new tokens] per row of left-padded prompts (`input_ids`, `attention_mask`
+        [rows, width]; padded with the pad id after a row's stop token), decoded with a KV cache and `settings`
+        (default: the recipe's, `generation_kwargs`: greedy unless task_options.temperature > 0), stopping at
+        `stop_token_ids`. `model` is the bare model (not a DDP wrapper); `streamer` is handed to
+        `model.generate` (a transformers streamer, one row only)."""
         prompt_width = batch["input_ids"].shape[1]
-        out = extract_model_from_parallel(model).generate(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=True,
-            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_token_ids(model),
-            **self.generation_kwargs())
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=True,
+                             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.stop_token_ids(model),
+                             streamer=streamer, **(settings or self.generation_kwargs()))
         return out[:, prompt_width:]
+
+    def generated_lengths(self, model, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(tokens per row of `new` [rows, new tokens] up to and including its first stop token (all of them
+        when it has none), whether the row ended at a stop token) [rows] each: the generated completion
+        without the padding `generate` writes after it."""
+        stops = self.stop_token_ids(model)
+        stops = list(stops) if isinstance(stops, (list, tuple)) else [stops]
+        is_stop = torch.isin(new, torch.tensor(stops, device=new.device))
+        ended = is_stop.any(-1)
+        return torch.where(ended, is_stop.int().argmax(-1) + 1, new.shape[1]), ended
 
     def postprocess(self, outputs: list[dict[str, Any]], features: Dataset, raw: Dataset) -> list[dict[str, Any]]:
         if outputs and "nll" not in outputs[0]:  # prompts only (`adapt predict`)

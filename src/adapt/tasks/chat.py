@@ -70,9 +70,11 @@ class Chat(CausalLM):
         return None
 
     def normalize(self, ds: Dataset, source: str) -> Dataset:
-        """One column `messages` (OpenAI form: [{"role", "content"}]) and `text`, the conversation as the chat
-        template renders it. Every conversation is checked here, where its row is known: turns, roles, no blank
-        turn, a final assistant reply, and a template that renders it by appending turns (`assistant_spans`).
+        """Columns `messages` (OpenAI form: [{"role", "content"}]), `text`, the conversation as the chat
+        template renders it, and `spans`, the [start, end) character spans of its assistant turns in `text`
+        (`assistant_spans`; the last one is the final reply, so `text[:spans[-1][0]]` is the conversation before
+        it with the generation prompt). Every conversation is checked here, where its row is known: turns,
+        roles, no blank turn, a final assistant reply, and a template that renders it by appending turns.
 
         Raises:
             AdaptError: "<file>: line N: <reason>; <fix>" for the first conversation that cannot train (with
@@ -87,12 +89,15 @@ class Chat(CausalLM):
                              "column of conversations with --set task_options.messages_column=NAME")
         column, form = found
         parse = to_messages if form == "turns" else parse_hh_dialogue
-        conversations, texts, dropped = [], [], []
+        conversations, texts, all_spans, dropped = [], [], [], []
         for row, value in enumerate(ds[column][:]):
             try:
                 messages = parse(value)
                 check_ends_with_reply(messages)
-                text, _ = assistant_spans(self.tokenizer, messages)
+                text, spans = assistant_spans(self.tokenizer, messages)
+                if not spans or spans[-1][1] != len(text.rstrip()):
+                    raise ConversationError("the tokenizer's chat template writes nothing for the final assistant "
+                                            "reply; set a chat template that renders assistant turns")
             except ConversationError as err:
                 if not self.options.drop_invalid_rows:
                     raise AdaptError(f"{source}: {data.row_location(source, row)}: {err} (column '{column}'); fix "
@@ -102,9 +107,10 @@ class Chat(CausalLM):
                 continue
             conversations.append(messages)
             texts.append(text)
+            all_spans.append([list(span) for span in spans])
         data.note_skipped_rows(source, [row for row, _ in dropped], len(ds), "conversations",
                                dropped[0][1] if dropped else None)
-        return Dataset.from_dict({"messages": conversations, "text": texts})
+        return Dataset.from_dict({"messages": conversations, "text": texts, "spans": all_spans})
 
     def setup(self, splits: dict[str, Dataset]) -> None:
         self.check_generation(splits["validation"])
@@ -160,21 +166,22 @@ class Chat(CausalLM):
 
     # ---- features -------------------------------------------------------------------------------
     def featurize(self, raw: Dataset, role: str) -> Dataset:
-        """Training and scoring rows: `input_ids` (the rendered conversation, cut to train.max_length from the
-        right), `attention_mask`, `labels` (the ids of assistant tokens, -100 elsewhere; `assistant_spans`),
-        `length`, `example`; validation/test rows also get the prompts the generation metrics answer
-        (`add_generation_prompts`). For `adapt predict` (role "predict"): the conversation with the generation
-        prompt, its last train.max_length tokens, no labels."""
+        """Training and scoring rows from the `normalize`d conversations: `input_ids` (`text` tokenized, cut to
+        train.max_length from the right), `attention_mask`, `labels` (the ids of the tokens that start inside
+        an assistant span of `spans`, -100 elsewhere), `length`, `example`; validation/test rows also get the
+        prompts the generation metrics answer (`add_generation_prompts`: the conversation before its final
+        reply, with the generation prompt). For `adapt predict` (role "predict"): the conversation with the
+        generation prompt, its last train.max_length tokens, no labels."""
         if role == "predict":
             return self.featurize_prompts(raw)
         max_length = self.recipe.train.max_length
         rows: dict[str, list] = {"input_ids": [], "attention_mask": [], "labels": [], "length": [], "example": []}
         no_target = 0
-        for index, messages in enumerate(raw["messages"]):
-            text, spans = assistant_spans(self.tokenizer, messages)
-            encoded = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-            ids = encoded["input_ids"][:max_length]
-            mask = target_mask(encoded["offset_mapping"], spans)[:max_length]
+        texts, all_spans = list(raw["text"]), list(raw["spans"])
+        encoded = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+        for index, spans in enumerate(all_spans):
+            ids = encoded["input_ids"][index][:max_length]
+            mask = target_mask(encoded["offset_mapping"][index], [tuple(span) for span in spans])[:max_length]
             labels = [t if m else -100 for t, m in zip(ids, mask)]
             no_target += not any(mask[1:])  # the first token is never predicted
             rows["input_ids"].append(ids)
@@ -188,7 +195,9 @@ class Chat(CausalLM):
                   file=sys.stderr)
         features = Dataset.from_dict(rows)
         if role != "train" and self.generation_enabled(raw):
-            features = self.add_generation_prompts(features, raw, role)
+            count = self.generation_count(len(texts), role)
+            prompts = [text[:spans[-1][0]] for text, spans in zip(texts[:count], all_spans)]
+            features = self.add_generation_prompts(features, self.prompt_token_ids(prompts))
         return features
 
     def featurize_prompts(self, raw: Dataset) -> Dataset:
@@ -207,20 +216,19 @@ class Chat(CausalLM):
         """Token ids of prompts rendered by the chat template, which writes its own special tokens."""
         return self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
 
-    def generation_pairs(self, raw: Dataset) -> tuple[list[str], list[str]] | None:
-        """(each conversation up to its final assistant turn, rendered with the generation prompt; that final
-        turn's content): what the generation metrics generate from and score against."""
-        if "messages" not in raw.column_names:
-            return None
-        conversations = list(raw["messages"])
-        prompts = [render(self.tokenizer, m[:-1], add_generation_prompt=True) for m in conversations]
-        return prompts, [m[-1]["content"] for m in conversations]
+    generation_columns = ("messages", "text", "spans")  # normalized conversations (`normalize`)
+
+    def references(self, raw: Dataset) -> list[str]:
+        """Each conversation's final assistant reply, which the reply generated for the turns before it is
+        scored against."""
+        return [messages[-1]["content"] for messages in raw["messages"]]
 
     def example_predictions(self, predictions: list[dict], raw: Dataset) -> list[dict]:
         """Per conversation: its messages, NLL and tokens of its assistant turns, perplexity, and the generated
-        reply where one was generated (the rendered text is left out)."""
+        reply where one was generated (the rendered text and its spans are left out)."""
         rows = super().example_predictions(predictions, raw)
         for row in rows:
             row.pop("text", None)
+            row.pop("spans", None)
         return rows
 

@@ -20,20 +20,19 @@ from pydantic import Field
 from adapt import assets, data
 from adapt.errors import AdaptError
 from adapt.metrics import classification_scores
+from adapt.metrics.classification import MULTI_LABEL_METRICS, SINGLE_LABEL_METRICS
+from adapt.metrics.regression import REGRESSION_METRICS
 from adapt.tasks.base import (Task, TaskOptions, config_label_names, ensure_pad_token, json_input, label_head_model,
                                model_inputs, pad_batch, predict_input)
 
 SINGLE_LABEL = "single_label_classification"
 MULTI_LABEL = "multi_label_classification"
 REGRESSION = "regression"
-SINGLE_LABEL_METRICS = ("accuracy", "f1_macro", "f1_micro", "f1_weighted", "precision_macro", "recall_macro",
-                        "matthews")
-# metrics and their best-checkpoint default per problem type (names as the metrics modules report them)
+# metrics and their best-checkpoint default per problem type (the metrics modules' names)
 METRICS = {
     SINGLE_LABEL: (SINGLE_LABEL_METRICS, "accuracy"),
-    MULTI_LABEL: (("f1_micro", "f1_macro", "precision_micro", "recall_micro", "precision_macro", "recall_macro",
-                   "subset_accuracy"), "f1_micro"),
-    REGRESSION: (("pearson", "spearman", "mse", "rmse"), "pearson"),
+    MULTI_LABEL: (MULTI_LABEL_METRICS, "f1_micro"),
+    REGRESSION: (REGRESSION_METRICS, "pearson"),
 }
 LOWER_IS_BETTER = ("mse", "rmse")
 
@@ -72,7 +71,9 @@ class SequenceClassification(Task):
         super().__init__(recipe)
         self.problem_type: str | None = None  # decided by the options, the train data (auto) or a saved model
         self.threshold = self.options.threshold
-        self._validation_fingerprint: str | None = None
+        # multi-label with tune_threshold: validation scoring picks the threshold from `setup` (training) until
+        # `finalize_validation` fixes the best checkpoint's; the test split and a saved model only apply it
+        self.tuning_threshold = False
         if self.options.problem_type != "auto":
             self.set_problem_type(self.options.problem_type)
 
@@ -152,7 +153,7 @@ class SequenceClassification(Task):
         Raises:
             AdaptError: one label only in train (single-label), or a validation/test label never in train."""
         cfg = self.recipe.data
-        self._validation_fingerprint = splits["validation"]._fingerprint if "validation" in splits else None
+        self.tuning_threshold = self.problem_type == MULTI_LABEL and self.options.tune_threshold
         print(f"problem type: {self.problem_type} ({self.decided_by})", file=sys.stderr)
         if self.problem_type == REGRESSION:
             self.label_names = [cfg.columns.label]
@@ -250,10 +251,9 @@ class SequenceClassification(Task):
         self.label_names = config_label_names(config)
         problem_type = config.problem_type or SINGLE_LABEL
         if problem_type != self.problem_type:
-            self.problem_type = None
-            self.options = self.options.model_copy(update={"tune_threshold": False, "threshold": 0.5})
             self.set_problem_type(problem_type, "the model's config.problem_type")
         self.threshold = float(getattr(config, "threshold", None) or self.options.threshold)
+        self.tuning_threshold = False
 
     def finalize_validation(self, model, metrics: dict[str, Any]) -> None:
         """Multi-label with tune_threshold: keep (and save in the model's config) the threshold that the
@@ -261,6 +261,7 @@ class SequenceClassification(Task):
         model."""
         if self.problem_type == MULTI_LABEL and "threshold" in metrics:
             self.threshold = float(metrics["threshold"])
+            self.tuning_threshold = False
             base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper's base
             base.config.threshold = self.threshold
 
@@ -350,8 +351,9 @@ class SequenceClassification(Task):
     def score(self, predictions: list[dict[str, Any]], raw: Dataset) -> dict[str, Any]:
         """Single-label: `classification_scores`. Regression: `regression_scores` (pearson, spearman, mse,
         rmse). Multi-label: `multi_label_scores` at the decision threshold, reported as `threshold`; with
-        tune_threshold, scoring the validation split first picks the threshold (`tune_threshold`), and the
-        predictions' label sets are recomputed with it."""
+        tune_threshold, each validation scoring of training (from `setup` until `finalize_validation`) first
+        picks the threshold (`tune_threshold`) and recomputes the predictions' label sets with it; every later
+        scoring (the test split, eval of a saved model) applies the fixed threshold."""
         if self.problem_type == REGRESSION:
             from adapt.metrics import regression_scores
 
@@ -363,7 +365,7 @@ class SequenceClassification(Task):
             gold = np.array([multi_hot(labels, index) for labels in raw["label"][:]], dtype=bool)
             probs = np.array([p["probs"] for p in predictions], dtype=np.float64).reshape(len(predictions), -1)
             threshold = self.threshold
-            if self.options.tune_threshold and raw._fingerprint == self._validation_fingerprint:
+            if self.tuning_threshold:
                 threshold = tune_threshold(probs, gold)
                 for p in predictions:
                     p["labels"] = [n for n, x in zip(self.label_names, p["probs"]) if x >= threshold]

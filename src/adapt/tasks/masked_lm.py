@@ -17,6 +17,7 @@ tokens. Score: masked-token perplexity."""
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -184,16 +185,23 @@ class MaskedLM(Task):
         return self._collators[seeded]
 
     def _mask(self, rows: dict[str, list], seeded: bool = True) -> dict[str, torch.Tensor]:
-        """Pad `rows` (a batch of unmasked blocks) and mask them with `collator(seeded)`: input_ids with the
-        chosen tokens replaced, attention_mask, labels (the original id at chosen positions, -100 elsewhere)."""
+        """Pad `rows` (a batch of unmasked blocks) once and mask the padded tensors with `collator(seeded)`'s
+        `torch_mask_tokens` (its special_tokens_mask padded with 1: padding is never chosen): input_ids with the
+        chosen tokens replaced, attention_mask, labels (the original id at chosen positions, -100 elsewhere).
+        The same masks as calling the collator on the rows, from the same generator: made once per process as
+        the collator makes it (seed in the main process, seed + worker id in a DataLoader worker)."""
         batch = pad_batch(rows, self.tokenizer.pad_token_id, skip=("length", "example", "offset_mapping"))
-        if "offset_mapping" in rows:  # tokenizer.pad cannot pad offsets: give the collator equal-length rows
+        offsets = None
+        if "offset_mapping" in rows:  # pad_batch keeps nested columns out: pad the [start, end] pairs here
             width = batch["input_ids"].shape[1]
-            batch["offset_mapping"] = torch.tensor(
-                [[list(pair) for pair in r] + [[0, 0]] * (width - len(r)) for r in rows["offset_mapping"]],
-                dtype=torch.long).reshape(len(rows["input_ids"]), width, 2)
-        examples = [{key: value[i] for key, value in batch.items()} for i in range(len(batch["input_ids"]))]
-        return dict(self.collator(seeded)(examples))
+            offsets = torch.tensor([[list(pair) for pair in r] + [[0, 0]] * (width - len(r))
+                                    for r in rows["offset_mapping"]], dtype=torch.long).reshape(-1, width, 2)
+        collator = self.collator(seeded)
+        if collator.seed is not None and collator._generator_pid != os.getpid():  # as its torch_call decides
+            collator.create_rng("pt")
+        batch["input_ids"], batch["labels"] = collator.torch_mask_tokens(
+            batch["input_ids"], special_tokens_mask=batch.pop("special_tokens_mask"), offset_mapping=offsets)
+        return batch
 
     def _mask_once(self, rows: dict[str, list]) -> dict[str, list]:
         """Each block masked with its own seed EVAL_MASK_SEED + i (see `featurize`), unpadded again; torch's
@@ -221,10 +229,12 @@ class MaskedLM(Task):
 
     def eval_step(self, model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per block: the summed NLL of its masked tokens (nats) and their number."""
-        logits = model(**model_inputs(batch)).logits.float()
         labels = batch["labels"]
-        nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none").sum(-1)
-        return {"nll": nll, "tokens": (labels != -100).sum(-1)}
+        chosen = labels != -100  # the masked positions (~mlm_probability of the tokens): only they are scored
+        logits = model(**model_inputs(batch)).logits[chosen].float()  # [masked tokens, V]
+        token_nll = F.cross_entropy(logits, labels[chosen], reduction="none")
+        nll = token_nll.new_zeros(labels.shape[0]).index_add_(0, chosen.nonzero()[:, 0], token_nll)
+        return {"nll": nll, "tokens": chosen.sum(-1)}
 
     def postprocess(self, outputs: list[dict[str, Any]], features: Dataset, raw: Dataset) -> list[dict[str, Any]]:
         """Per raw row: the NLL and number of the masked tokens of the blocks that start in it."""

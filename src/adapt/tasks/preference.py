@@ -18,7 +18,7 @@ Secretly a Reward Model", arXiv:2305.18290), in adapt's one training loop, with 
 
 from __future__ import annotations
 
-import copy
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from datasets import Dataset
 from pydantic import Field
 
-from adapt import assets, data
+from adapt import assets, conversation, data
 from adapt.conversation import HH_ASSISTANT, ROLES, ConversationError, parse_hh_dialogue
 from adapt.errors import AdaptError
 from adapt.tasks.base import Task, TaskOptions, pad_batch
@@ -93,12 +93,7 @@ def hh_split(chosen: str, rejected: str) -> tuple[str, str, str]:
 
     Raises:
         PairError: the common text holds no "\\n\\nAssistant:" (not an HH dialogue, or no Assistant turn)."""
-    common = 0
-    for a, b in zip(chosen, rejected):
-        if a != b:
-            break
-        common += 1
-    cut = chosen.rfind(HH_ASSISTANT, 0, common)
+    cut = chosen.rfind(HH_ASSISTANT, 0, common_prefix_length(chosen, rejected))
     if cut < 0:
         raise PairError("no prompt column, and chosen/rejected are not HH-RLHF dialogues that share an "
                         "'\\n\\nAssistant:' turn; give a prompt column, or chosen/rejected as HH-RLHF dialogues "
@@ -110,28 +105,24 @@ def hh_split(chosen: str, rejected: str) -> tuple[str, str, str]:
 def extract_prompt(chosen: list, rejected: list) -> tuple[list, list, list]:
     """(prompt, chosen, rejected) of two conversations: the prompt is their longest common prefix of messages,
     the rest of each is its response (`trl.data_utils.extract_prompt` on message lists)."""
-    index = 0
-    while index < min(len(chosen), len(rejected)) and chosen[index] == rejected[index]:
-        index += 1
+    index = common_prefix_length(chosen, rejected)
     return chosen[:index], chosen[index:], rejected[index:]
 
 
-def check_messages(value: Any, column: str) -> list[dict[str, str]]:
-    """`value` as a list of {"role", "content"} messages with known roles and text content.
+def check_messages(value: list, column: str) -> list[dict[str, str]]:
+    """`value` (a list of turns) as {"role", "content"} messages (`adapt.conversation.to_messages`, with TRL's
+    tool turns and blank turns allowed: an empty response is refused where the pair is split).
 
     Raises:
         PairError: naming `column` and the first bad message."""
-    for number, message in enumerate(value, 1):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise PairError(f"'{column}' message {number} is not a {{\"role\": ..., \"content\": text}} object")
-        if message.get("role") not in MESSAGE_ROLES:
-            raise PairError(f"'{column}' message {number} has role {message.get('role')!r}; roles are "
-                            f"{', '.join(MESSAGE_ROLES)}")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
+    try:
+        return conversation.to_messages(value, roles=MESSAGE_ROLES, allow_blank_turns=True)
+    except ConversationError as err:
+        raise PairError(f"'{column}' {err}") from None
 
 
-def common_prefix_length(ids: list[int], other: list[int]) -> int:
-    """Leading tokens `ids` and `other` share (`trl.data_utils.common_prefix_length`)."""
+def common_prefix_length(ids: Sequence, other: Sequence) -> int:
+    """Leading items (tokens, characters, messages) `ids` and `other` share (`trl.data_utils.common_prefix_length`)."""
     n = 0
     for a, b in zip(ids, other):
         if a != b:
@@ -143,10 +134,14 @@ def common_prefix_length(ids: list[int], other: list[int]) -> int:
 # ---- loss ----------------------------------------------------------------------------------------------
 def sequence_logps(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Summed log-probabilities of each row's target tokens: logits [rows, length, vocab] at position t score
-    labels[t + 1]; labels -100 (prompt, padding) are left out. Returns [rows] float32."""
+    labels[t + 1]; labels -100 (prompt, padding) are left out. Only the target positions' logits are taken to
+    float32 (not every position's [rows, length, vocab]). Returns [rows] float32."""
     targets = labels[:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets.clamp(min=0), reduction="none")
-    return -(nll * (targets != -100)).sum(-1)
+    mask = targets != -100
+    nll = F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="none")  # [targets]
+    logps = nll.new_zeros(mask.shape)
+    logps[mask] = -nll
+    return logps.sum(-1)
 
 
 def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, beta: float,
@@ -163,15 +158,13 @@ def dpo_loss(chosen_logratios: torch.Tensor, rejected_logratios: torch.Tensor, b
 
 
 def peft_model(model):
-    """The peft model inside `model` (itself, or under DDP's `.module` / torch.compile's `._orig_mod`), or None."""
-    seen = model
-    for _ in range(4):
-        if hasattr(seen, "disable_adapter") and hasattr(seen, "peft_config"):
-            return seen
-        seen = getattr(seen, "module", None) or getattr(seen, "_orig_mod", None)
-        if seen is None:
-            return None
-    return None
+    """The peft model inside `model` (itself, or under DDP / torch.compile wrappers: accelerate's
+    `extract_model_from_parallel`), or None."""
+    from accelerate.utils import extract_model_from_parallel
+    from peft import PeftModel
+
+    unwrapped = extract_model_from_parallel(model, keep_torch_compile=False)
+    return unwrapped if isinstance(unwrapped, PeftModel) else None
 
 
 class DPO(CausalLM):
@@ -191,9 +184,8 @@ class DPO(CausalLM):
         super().__init__(recipe)
         # rewards/accuracies and margins rise as the policy learns; only the DPO loss falls
         self.greater_is_better = recipe.train.metric_for_best != "loss"
-        self.reference_source = None  # full fine-tuning: the frozen starting weights (as loaded)
-        self.reference_copy = None  # ... in the policy's dtype/device with the speed layer's attention
-        self.reference_key = None
+        self.ref_path: str | None = None  # full fine-tuning: where the starting weights load from (build_model)
+        self.ref_model = None  # ... loaded, frozen, in the policy's dtype and on its device (TRL's `ref_model`)
 
     # ---- data -----------------------------------------------------------------------------------
     def read_file(self, path):
@@ -206,8 +198,9 @@ class DPO(CausalLM):
     def normalize(self, ds: Dataset, source: str) -> Dataset:
         """Preference pairs in canonical columns: `prompt` (text ready to tokenize: a rendered chat prompt ends
         with the generation prompt), `chosen` and `rejected` (response text that follows it), `templated`
-        (rendered by a chat template: no special tokens or EOS added). Every row is checked here, with its line;
-        task_options.drop_invalid_rows skips the rows that fail instead (a note names them).
+        (rendered by a chat template: no special tokens or EOS added), and their tokens `prompt_ids`, `chosen_ids`,
+        `rejected_ids` (`encode`). Every row is checked here, with its line; task_options.drop_invalid_rows skips
+        the rows that fail instead (a note names them).
 
         Raises:
             AdaptError: a missing column; per row (naming its line): a missing/null/empty value, identical chosen
@@ -222,22 +215,32 @@ class DPO(CausalLM):
                              "'prompt'): name them with task_options.chosen_column / rejected_column / prompt_column")
         has_prompt = o.prompt_column in columns
         picked = [o.prompt_column] * has_prompt + [o.chosen_column, o.rejected_column]
-        out: dict[str, list] = {"prompt": [], "chosen": [], "rejected": [], "templated": []}
-        dropped = []
+        problems: dict[int, PairError] = {}  # row index -> what is wrong with it
+        pairs: dict[int, tuple[str, str, str, bool]] = {}
         for index, row in enumerate(ds.select_columns(picked)):
             try:
-                pair = self.canonical_pair(row.get(o.prompt_column) if has_prompt else None,
-                                           row[o.chosen_column], row[o.rejected_column], has_prompt)
-                self.check_length(pair)
+                pairs[index] = self.canonical_pair(row.get(o.prompt_column) if has_prompt else None,
+                                                   row[o.chosen_column], row[o.rejected_column], has_prompt)
             except PairError as err:
-                if not o.drop_invalid_rows:
-                    raise AdaptError(f"{source}: {data.row_location(source, index)}: {err} (fix or remove that line, "
-                                     "or set task_options.drop_invalid_rows=true to skip such pairs)") from None
-                dropped.append(index)
-                continue
-            for key, value in zip(out, pair):
-                out[key].append(value)
-        data.note_skipped_rows(source, dropped, len(ds), "pairs")
+                problems[index] = err
+        encoded = dict(zip(pairs, self.encode(list(pairs.values()))))
+        max_length = self.recipe.train.max_length
+        for index, (prompt_ids, _, _) in encoded.items():
+            if len(prompt_ids) >= max_length:
+                fix = ("lower task_options.max_prompt_length below it" if o.max_prompt_length else
+                       "set task_options.max_prompt_length (prompts keep their last tokens) below it")
+                problems[index] = PairError(f"the prompt has {len(prompt_ids)} tokens, which fills train.max_length="
+                                            f"{max_length}, so no response token is left; raise train.max_length or {fix}")
+        if problems and not o.drop_invalid_rows:
+            index = min(problems)
+            raise AdaptError(f"{source}: {data.row_location(source, index)}: {problems[index]} (fix or remove that "
+                             "line, or set task_options.drop_invalid_rows=true to skip such pairs)")
+        data.note_skipped_rows(source, sorted(problems), len(ds), "pairs")
+        kept = [index for index in pairs if index not in problems]
+        columns = ("prompt", "chosen", "rejected", "templated")
+        out = {key: [pairs[index][k] for index in kept] for k, key in enumerate(columns)}
+        out |= {key: [encoded[index][k] for index in kept] for k, key in enumerate(("prompt_ids", "chosen_ids",
+                                                                                     "rejected_ids"))}
         return Dataset.from_dict(out)
 
     def canonical_pair(self, prompt: Any, chosen: Any, rejected: Any, has_prompt: bool) -> tuple[str, str, str, bool]:
@@ -257,10 +260,10 @@ class DPO(CausalLM):
                 raise PairError(f"'{names[key]}' is empty")
         if chosen == rejected:
             raise PairError("chosen and rejected are identical; a preference pair needs two different responses")
-        if isinstance(chosen, list) or isinstance(rejected, list):
-            if not (isinstance(chosen, list) and isinstance(rejected, list)) or (has_prompt and isinstance(prompt, str)):
-                raise PairError("the pair mixes text and message lists; give prompt/chosen/rejected all as text or "
-                                "all as message lists")
+        if len({isinstance(value, list) for value in values.values()}) > 1:
+            raise PairError("the pair mixes text and message lists; give prompt/chosen/rejected all as text or "
+                            "all as message lists")
+        if isinstance(chosen, list):
             chosen, rejected = check_messages(chosen, names["chosen"]), check_messages(rejected, names["rejected"])
             if has_prompt:
                 prompt = check_messages(prompt, names["prompt"])
@@ -290,7 +293,8 @@ class DPO(CausalLM):
         common prefix.
 
         Raises:
-            PairError: no prompt turn, a prompt not ending on a user turn, an empty or non-assistant response.
+            PairError: no prompt turn, a prompt not ending on a user turn, an empty or non-assistant response, or
+                a conversation the template refuses (`adapt.conversation.render`).
             AdaptError: the tokenizer has no chat template."""
         if not self.tokenizer.chat_template:
             raise AdaptError("the data is conversational (or task_options.chat_template is true), but the tokenizer "
@@ -306,9 +310,11 @@ class DPO(CausalLM):
                 raise PairError(f"the {name} response is empty")
             if turns[0]["role"] != "assistant":
                 raise PairError(f"the {name} response starts with a {turns[0]['role']} turn, not an assistant turn")
-        template = self.tokenizer.apply_chat_template
-        prompt_text = template(prompt, tokenize=False, add_generation_prompt=True)
-        full = [template(prompt + turns, tokenize=False) for turns in (chosen, rejected)]
+        try:
+            prompt_text = conversation.render(self.tokenizer, prompt, add_generation_prompt=True)
+            full = [conversation.render(self.tokenizer, prompt + turns) for turns in (chosen, rejected)]
+        except ConversationError as err:
+            raise PairError(str(err)) from None
         common = min(common_prefix_length(prompt_text, text) for text in full)
         prompt_text = prompt_text[:common]
         chosen_text, rejected_text = (text[common:] for text in full)
@@ -316,46 +322,41 @@ class DPO(CausalLM):
             raise PairError("the chosen and rejected responses are identical")
         return prompt_text, chosen_text, rejected_text, True
 
-    def encode(self, prompt: str, chosen: str, rejected: str, templated: bool) -> tuple[list[int], list[int], list[int]]:
-        """(prompt ids, chosen response ids, rejected response ids) of one canonical pair, as
-        `DPOTrainer._prepare_dataset`: prompt and prompt + response tokenized (special tokens added to text, not to
-        templated text; EOS appended to text responses); the response starts where the two token lists first
-        differ. The prompt then keeps its last task_options.max_prompt_length tokens (if set); responses are not
-        cut here (`featurize` cuts each sequence to train.max_length)."""
+    def encode(self, pairs: list[tuple[str, str, str, bool]]) -> list[tuple[list[int], list[int], list[int]]]:
+        """(prompt ids, chosen response ids, rejected response ids) of each canonical pair (prompt, chosen,
+        rejected, templated), as `DPOTrainer._prepare_dataset`: prompt and prompt + response tokenized (special
+        tokens added to text, not to templated text; EOS appended to text responses); the response starts where
+        the two token lists first differ. The prompt then keeps its last task_options.max_prompt_length tokens (if
+        set); responses are not cut here (`featurize` cuts each sequence to train.max_length). One batched
+        tokenizer call for the text pairs and one for the templated ones."""
         tok = self.tokenizer
-        if not templated:
-            chosen, rejected = (r if r.endswith(tok.eos_token) else r + tok.eos_token for r in (chosen, rejected))
-        ids = tok([prompt, prompt + chosen, prompt + rejected], add_special_tokens=not templated)["input_ids"]
-        start = min(common_prefix_length(ids[0], ids[1]), common_prefix_length(ids[0], ids[2]))
-        prompt_ids = ids[0][:start]
-        if self.options.max_prompt_length:
-            prompt_ids = prompt_ids[-self.options.max_prompt_length:]
-        return prompt_ids, ids[1][start:], ids[2][start:]
-
-    def check_length(self, pair: tuple[str, str, str, bool]) -> None:
-        """Refuse a canonical pair whose prompt leaves no response token within train.max_length.
-
-        Raises:
-            PairError: naming the prompt's tokens and the fix."""
-        max_length = self.recipe.train.max_length
-        prompt_tokens = len(self.encode(*pair)[0])
-        if prompt_tokens >= max_length:
-            fix = ("lower task_options.max_prompt_length below it" if self.options.max_prompt_length else
-                   "set task_options.max_prompt_length (prompts keep their last tokens) below it")
-            raise PairError(f"the prompt has {prompt_tokens} tokens, which fills train.max_length={max_length}, so "
-                            f"no response token is left; raise train.max_length or {fix}")
+        texts: dict[bool, list[str]] = {False: [], True: []}
+        for prompt, chosen, rejected, templated in pairs:
+            if not templated:
+                chosen, rejected = (r if r.endswith(tok.eos_token) else r + tok.eos_token for r in (chosen, rejected))
+            texts[templated] += [prompt, prompt + chosen, prompt + rejected]
+        ids = {templated: iter(tok(batch, add_special_tokens=not templated)["input_ids"])
+               for templated, batch in texts.items() if batch}
+        out = []
+        for *_, templated in pairs:
+            prompt, with_chosen, with_rejected = (next(ids[templated]) for _ in range(3))
+            start = min(common_prefix_length(prompt, with_chosen), common_prefix_length(prompt, with_rejected))
+            prompt_ids = prompt[:start]
+            if self.options.max_prompt_length:
+                prompt_ids = prompt_ids[-self.options.max_prompt_length:]
+            out.append((prompt_ids, with_chosen[start:], with_rejected[start:]))
+        return out
 
     def setup(self, splits: dict[str, Dataset]) -> None:
         """Nothing to learn from the data (pairs are checked in `normalize`)."""
 
     # ---- model ------------------------------------------------------------------------------------
     def build_model(self, path: str):
-        """The policy (as the clm task builds it); under full fine-tuning also the frozen reference: a copy of
-        the starting weights, never trained or saved."""
-        model = super().build_model(path)
+        """The policy (as the clm task builds it); under full fine-tuning `path` is also where the frozen
+        reference loads from (`reference`: the starting weights, never trained or saved)."""
         if not self.recipe.peft:
-            self.reference_source = self.frozen(copy.deepcopy(model))
-        return model
+            self.ref_path = path
+        return super().build_model(path)
 
     @staticmethod
     def frozen(model):
@@ -383,24 +384,23 @@ class DPO(CausalLM):
                          "which model it was trained from; set task_options.reference_model to it")
 
     def reference(self, policy):
-        """The full-fine-tuning reference for `policy`: the starting weights (`reference_model_path` when the
-        task did not build the policy) on the policy's device, in its dtype, with the speed layer's attention
-        when the policy has it (so that reference and untrained policy compute the same numbers). One converted
-        copy is kept; the source stays as loaded."""
-        if self.reference_source is None:
-            source = super().build_model(self.reference_model_path())
-            self.reference_source = self.frozen(source)
-        param = next(policy.parameters())
-        key = (param.dtype, param.device)
-        if self.reference_key != key:
-            from adapt import speed
+        """The full-fine-tuning reference for `policy`: the starting weights (from `build_model`'s path, else
+        `reference_model_path` when the task did not build the policy), frozen, with the speed layer's attention
+        (as the policy: the reference and the untrained policy compute the same numbers), moved in place to the
+        policy's device and dtype. One copy is kept; it is loaded again (the old one dropped first) when the
+        policy's dtype changes (a bf16 run's policy is scored in fp32 at the end), so that the reference is never
+        rounded twice."""
+        from adapt import speed
 
-            ref = self.reference_source
-            if next(ref.parameters()).dtype != param.dtype or next(ref.parameters()).device != param.device:
-                ref = copy.deepcopy(ref).to(device=param.device, dtype=param.dtype)
-            self.reference_copy = speed.prepare_model(ref, self, self.recipe.train)
-            self.reference_key = key
-        return self.reference_copy
+        param = next(policy.parameters())
+        ref = self.ref_model
+        if ref is None or next(ref.parameters()).dtype != param.dtype:
+            self.ref_model = ref = None  # the old copy goes before the new one loads
+            ref = self.frozen(super().build_model(self.ref_path or self.reference_model_path())).to(param.dtype)
+            self.ref_model = ref = speed.prepare_model(ref, self, self.recipe.train)
+        if next(ref.parameters()).device != param.device:
+            ref.to(param.device)
+        return ref
 
     def card_details(self) -> dict[str, Any]:
         """Model-card rows: the objective and its settings."""
@@ -416,8 +416,7 @@ class DPO(CausalLM):
         `prompt_length`, and `length` = 2 x the longer sequence (the padded tokens the pair takes in a batch)."""
         max_length = self.recipe.train.max_length
         rows: dict[str, list] = {"input_ids": [], "rejected_input_ids": [], "prompt_length": [], "length": []}
-        pairs = zip(raw["prompt"], raw["chosen"], raw["rejected"], raw["templated"])
-        for prompt_ids, chosen_ids, rejected_ids in (self.encode(*pair) for pair in pairs):
+        for prompt_ids, chosen_ids, rejected_ids in zip(raw["prompt_ids"], raw["chosen_ids"], raw["rejected_ids"]):
             chosen_seq = (prompt_ids + chosen_ids)[:max_length]
             rejected_seq = (prompt_ids + rejected_ids)[:max_length]
             rows["input_ids"].append(chosen_seq)
@@ -499,6 +498,7 @@ class DPO(CausalLM):
         chosen, rejected = self.rewards(predictions)
         rows = []
         for row, p, c, r in zip(raw.to_list(), predictions, chosen.tolist(), rejected.tolist()):
-            row.pop("templated", None)
+            for key in ("templated", "prompt_ids", "chosen_ids", "rejected_ids"):
+                row.pop(key, None)
             rows.append({**row, **p, "reward_chosen": c, "reward_rejected": r, "correct": c > r})
         return rows

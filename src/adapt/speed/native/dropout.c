@@ -35,10 +35,17 @@ static inline float store_f32(float v) { return v; }
                                                                                                                     \
     static void NAME##_forward_range(void *arg, int64_t lo, int64_t hi) {                                          \
         const NAME##_forward_args *a = arg;                                                                         \
+        /* restrict locals: without them the uint8_t mask store may alias the fields and gcc won't vectorise */     \
+        const T *restrict x = a->x;                                                                                 \
+        T *restrict y = a->y;                                                                                       \
+        uint8_t *restrict mask = a->mask;                                                                           \
+        const uint64_t seed = a->seed;                                                                              \
+        const uint32_t threshold = a->threshold;                                                                    \
+        const float scale = a->scale;                                                                               \
         for (int64_t i = lo; i < hi; i++) {                                                                         \
-            uint8_t keep = random16(a->seed, (uint64_t)i) >= a->threshold;                                          \
-            a->mask[i] = keep;                                                                                      \
-            a->y[i] = keep ? store_##NAME(load_##NAME(a->x[i]) * a->scale) : (T)0;                                  \
+            uint8_t keep = random16(seed, (uint64_t)i) >= threshold;                                                \
+            mask[i] = keep;                                                                                         \
+            y[i] = keep ? store_##NAME(load_##NAME(x[i]) * scale) : (T)0;                                           \
         }                                                                                                           \
     }                                                                                                               \
                                                                                                                     \
@@ -51,8 +58,11 @@ static inline float store_f32(float v) { return v; }
                                                                                                                     \
     static void NAME##_backward_range(void *arg, int64_t lo, int64_t hi) {                                         \
         const NAME##_backward_args *a = arg;                                                                        \
-        for (int64_t i = lo; i < hi; i++)                                                                           \
-            a->out[i] = a->mask[i] ? store_##NAME(load_##NAME(a->grad[i]) * a->scale) : (T)0;                       \
+        const T *restrict grad = a->grad;                                                                           \
+        const uint8_t *restrict mask = a->mask;                                                                     \
+        T *restrict out = a->out;                                                                                   \
+        const float scale = a->scale;                                                                               \
+        for (int64_t i = lo; i < hi; i++) out[i] = mask[i] ? store_##NAME(load_##NAME(grad[i]) * scale) : (T)0;     \
     }                                                                                                               \
                                                                                                                     \
     void dropout_##NAME##_forward(int64_t n, const T *x, T *y, uint8_t *mask, uint64_t seed, uint32_t threshold,   \
