@@ -47,7 +47,7 @@ def test_a_checkpoint_at_any_step_resumes_bitwise(tmp_path, master):
 
     model, opt, scheduler = setup(master)
     steps(model, opt, scheduler, data[:STOP])
-    checkpoint.save_main_state(tmp_path, opt.weights.state(checkpoint=tmp_path), opt.optimizer, scheduler, {})
+    checkpoint.save_main_state(tmp_path, opt.weights.checkpoint_state(tmp_path), opt.optimizer, scheduler, {})
     assert opt.weights.rows.decay != 1.0  # the snapshot folded nothing into the running table
     assert load_file(str(tmp_path / ROWS_FILE)).keys() == {"decay"}  # the table is in model.safetensors alone
     steps(model, opt, scheduler, data[STOP:])

@@ -200,7 +200,7 @@ def test_adapt_has_no_import_cycles():
 # update, and the state of the weights it steps.
 SPEED_INTERFACE = {"mixed_precision_mode", "autocast_mode", "prepare_model", "optimization", "Optimization", "setup_done"}
 OPTIMIZATION_INTERFACE = {"weights", "optimizer", "update"}
-WEIGHTS_INTERFACE = {"state", "load", "sync", "finalize", "release_gradients", "named_parameters"}
+WEIGHTS_INTERFACE = {"state", "checkpoint_state", "load", "sync", "finalize", "release_gradients", "named_parameters"}
 # words naming the speed layer's internals: its precision scheme, kernels and patches
 SPEED_INTERNALS = ("fused", "master", "native", "padding_free", "first_token_only", "TrainableWeights")
 

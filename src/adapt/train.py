@@ -486,8 +486,8 @@ def _train(recipe: Recipe, plan: rundir.RunPlan, interrupted: InterruptFlag) -> 
                 if sharded:
                     checkpoint.save_loop_state(tmp, scheduler, state.__dict__)
                 else:
-                    # state(checkpoint=): changes nothing in the run, and saves what an exact resume needs
-                    checkpoint.save_main_state(tmp, weights.state(checkpoint=tmp), optimizer, scheduler, state.__dict__)
+                    # checkpoint_state changes nothing in the run, and saves what an exact resume needs
+                    checkpoint.save_main_state(tmp, weights.checkpoint_state(tmp), optimizer, scheduler, state.__dict__)
                 checkpoint.commit(tmp, target, run)
             except BaseException:  # e.g. a full disk: free what the half-written checkpoint holds
                 shutil.rmtree(tmp, ignore_errors=True)

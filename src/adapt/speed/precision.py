@@ -218,14 +218,15 @@ class TrainableWeights:
             masters[self.rows.name] = self.sync()
         return masters
 
-    def state(self, checkpoint: Path | None = None) -> dict[str, torch.Tensor]:
-        """Every trainable weight's master value as CPU tensors, after a `sync` (the model's table made whole).
-        With `checkpoint` (the folder of a checkpoint being written): the same values without the `sync` (see
-        `snapshot`), and the skipped rows' decay written into that folder (`save_rows`) for `load`."""
-        if checkpoint is not None:
-            self.save_rows(checkpoint)
-            return self.snapshot()
+    def state(self) -> dict[str, torch.Tensor]:
+        """Every trainable weight's master value as CPU tensors, after a `sync` (the model's table made whole)."""
         return {n: t.detach().contiguous().cpu() for n, t in self._masters().items()}
+
+    def checkpoint_state(self, folder: Path) -> dict[str, torch.Tensor]:
+        """For a checkpoint being written into `folder`: the values of `state()` without its `sync` (see
+        `snapshot`), after writing the skipped rows' decay into `folder` (`save_rows`) for `load`."""
+        self.save_rows(folder)
+        return self.snapshot()
 
     def snapshot(self) -> dict[str, torch.Tensor]:
         """What `state()` returns, without its `sync`: for checkpoints, which a signal may take at any step and
