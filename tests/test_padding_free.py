@@ -395,3 +395,62 @@ def test_labels_given_to_the_model_get_transformers_own_loss_on_the_padded_batch
     model(input_ids=input_ids, attention_mask=mask)
     handle.remove()
     assert seen == [torch.Size([1, 13])]  # flattened: 7 + 4 + 2 real tokens
+
+
+# ---- bucketed packed lengths (oneDNN compiles a kernel per matmul shape) --------------------------------
+def test_packed_lengths_round_up_to_a_few_buckets():
+    assert [padding_free.packed_length(n) for n in (1, 5, 16, 17, 20, 255, 256, 257, 416, 417, 1000, 4097)] == [
+        16, 16, 16, 32, 32, 256, 256, 288, 416, 448, 1024, 4608]
+    lengths = {padding_free.packed_length(n) for n in range(257, 513)}
+    assert len(lengths) == 8 and all(0 <= padding_free.packed_length(n) - n < n / 8 for n in range(128, 5000))
+
+
+def test_bucketing_applies_to_bf16_compute_on_cpu_only():
+    cpu = torch.device("cpu")
+    assert padding_free.buckets_shapes(cpu, torch.bfloat16) and padding_free.buckets_shapes(cpu, torch.float16)
+    assert not padding_free.buckets_shapes(cpu, torch.float32)
+    assert not padding_free.buckets_shapes(torch.device("cuda"), torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert padding_free.buckets_shapes(cpu, torch.float32)
+
+
+@pytest.mark.parametrize("head,with_token_types", [
+    (BertForSequenceClassification, True), (BertForTokenClassification, False), (BertForQuestionAnswering, False),
+    (RobertaForSequenceClassification, False), (LlamaForCausalLM, False)])
+def test_filler_tokens_change_no_output_or_gradient(head, with_token_types, attention_path, monkeypatch):
+    """Bucketing forced on in fp32: the packed row grows from 20 to 32 tokens by filler sequences no longer than
+    the longest real one (9), and the real tokens' outputs and every gradient equal transformers' padded forward."""
+    monkeypatch.setattr(padding_free, "buckets_shapes", lambda device, dtype: True)
+    reference, fast = twins(head)
+    batch = ragged_batch(with_token_types)
+    spy = AttentionCalls(monkeypatch)
+    expected = on_real_tokens(reference(**batch), batch["attention_mask"])
+    actual = on_real_tokens(fast(**batch), batch["attention_mask"])
+    assert spy.calls and all(shape[2] == 32 and cu.tolist() == [0, 9, 13, 14, 20, 29, 32] for shape, cu in spy.calls)
+    for e, a in zip(expected, actual):
+        torch.testing.assert_close(a, e, atol=1e-5, rtol=1e-5)
+    sum(t.square().sum() for t in expected).backward()
+    sum(t.square().sum() for t in actual).backward()
+    grads = dict(fast.named_parameters())
+    for name, param in reference.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(grads[name].grad, param.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bf16_models_pack_to_bucketed_lengths_and_mixture_of_experts_models_do_not(monkeypatch):
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    reference, fast = twins(BertForSequenceClassification)
+    reference, fast = reference.to(torch.bfloat16), fast.to(torch.bfloat16)
+    batch = ragged_batch()
+    spy = AttentionCalls(monkeypatch)
+    torch.testing.assert_close(fast(**batch).logits, reference(**batch).logits, atol=2e-2, rtol=2e-2)
+    assert {shape[2] for shape, _ in spy.calls} == {32}
+    torch.manual_seed(0)
+    moe = MixtralForCausalLM(MixtralConfig(vocab_size=120, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+                                           num_experts_per_tok=2)).to(torch.bfloat16)
+    assert padding_free.install(moe)
+    spy.calls.clear()
+    moe(**ragged_batch())  # the router's load-balancing statistics would count filler tokens
+    assert {shape[2] for shape, _ in spy.calls} == {20}

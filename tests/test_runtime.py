@@ -35,3 +35,15 @@ def test_setup_done_leaves_a_library_callers_collector_alone():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_command_line_applies_its_settings_before_torch_and_transformers_load():
+    """`import adapt.cli` (what the `adapt` script runs before `runtime.start`) loads neither torch nor
+    transformers, so their imports run with collection deferred and the oneDNN cache bounds already set."""
+    import subprocess
+    import sys
+
+    code = ("import sys, adapt.cli, adapt.speed; print(sorted(m for m in ('torch', 'transformers', 'datasets') "
+            "if m in sys.modules)); from adapt.speed import padding_free; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["[]", "True"]

@@ -369,3 +369,21 @@ def test_carving_names_the_source_and_count(tmp_path):
                                      "least 2): its 5 lines have no blank line between them, so they read as one "
                                      "sentence")
     assert str(err.value).endswith("add a blank line after each sentence or give --validation FILE")
+
+
+def test_labels_are_decided_per_distinct_value_and_errors_still_name_the_first_bad_row():
+    from adapt.tasks.classification import class_labels, detect_problem_type
+
+    # True is a name, 1 is a class id: equal as dict keys, told apart by type
+    assert class_labels([1, True, 1.0, "1", " neg "], "f.csv", None) == ["1", "True", "1", "1", "neg"]
+    names = ["negative", "positive"]
+    assert class_labels([0, 1, 1, 0], "f.csv", names) == ["negative", "positive", "positive", "negative"]
+    assert detect_problem_type(["a", "b"] * 1000 + ["a;b"]) == "multi_label_classification"
+    assert detect_problem_type(["1", "2"] * 1000 + ["2.5"]) == "regression"
+    # row 3 (record 4) is the first row whose value fails, though its value appears again later
+    with pytest.raises(AdaptError, match=r"^f\.csv: record 4: label 7 is outside data\.label_names"):
+        class_labels([0, 1, 0, 7, 1, 9, 7], "f.csv", ["negative", "positive"])
+    with pytest.raises(AdaptError, match=r"^f\.csv: record 5: the label \('label'\) is empty"):
+        class_labels(["a", "b", "a", "b", "", "c", None], "f.csv", None)
+    with pytest.raises(AdaptError, match=r"^f\.csv: record 2: the label \('label'\) is a list"):  # unhashable cells
+        class_labels(["a", ["b", "c"]], "f.csv", None)

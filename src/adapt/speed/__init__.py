@@ -24,15 +24,32 @@ The loop's view (adapt/train.py):
 
 from __future__ import annotations
 
-import torch
+import importlib
+from typing import TYPE_CHECKING
 
-from adapt.speed import fused_adamw, padding_free, runtime
-from adapt.speed.precision import TrainableWeights
+from adapt.speed import runtime
+
+if TYPE_CHECKING:
+    import torch
+
+    from adapt.speed.precision import TrainableWeights
 
 __all__ = [
     "Optimization", "TrainableWeights", "autocast_mode", "build_optimizer", "mixed_precision_mode", "optimization",
     "prepare_model", "setup_done",
 ]
+SUBMODULES = ("cpu_kernels", "fused_adamw", "native", "padding_free", "precision")
+
+
+def __getattr__(name: str):
+    """torch, transformers and the kernels load on first use, not on `import adapt.speed`: the command line
+    imports `runtime` before anything else, so that its settings (garbage collection deferred during start-up)
+    apply to those imports."""
+    if name in SUBMODULES:
+        return importlib.import_module(f"adapt.speed.{name}")
+    if name == "TrainableWeights":
+        return importlib.import_module("adapt.speed.precision").TrainableWeights
+    raise AttributeError(f"module 'adapt.speed' has no attribute '{name}'")
 
 
 def mixed_precision_mode(train) -> str:
@@ -40,6 +57,8 @@ def mixed_precision_mode(train) -> str:
     speed layer on: bf16 weights with fp32 masters, which beat bf16 autocast, whose per-op casts cost more than
     they save on CPUs and on launch-bound small GPU models; sharded set-ups (DeepSpeed, FSDP) keep their own
     master weights, so they get plain autocast. With it off, `auto` is autocast where the hardware has bf16."""
+    import torch
+
     requested = train.mixed_precision
     if requested != "auto":
         return requested
@@ -77,6 +96,8 @@ def prepare_model(model: torch.nn.Module, task, train) -> torch.nn.Module:
     attention goes through transformers' registry and `train.padding_free` is on); unchanged when
     `train.speed_layer` is off. Call before peft wraps the model. Changes no weight and nothing saved."""
     if train.speed_layer and train.padding_free:
+        from adapt.speed import padding_free
+
         padding_free.install(model)
     return model
 
@@ -88,6 +109,9 @@ def optimization(model: torch.nn.Module, recipe, precision: str, train_features=
     token of `train_features` (the tokenized training split, a datasets.Dataset with `input_ids`) or of
     `special_token_ids` uses left out of the optimizer; otherwise the model's own parameters, and for fp32
     (`precision` "no") on CPU the same rows left out and the same kernel stepping them in place."""
+    from adapt.speed import fused_adamw
+    from adapt.speed.precision import TrainableWeights
+
     master = precision == "bf16-master"
     device = next(model.parameters()).device
     fp32_cpu = recipe.train.speed_layer and precision == "no" and device.type == "cpu" and not _sharded()
@@ -105,6 +129,10 @@ def build_optimizer(weights: TrainableWeights, recipe) -> torch.optim.Optimizer:
     (1-d tensors) are not decayed (standard BERT/GPT practice). Weights the native kernel steps (`weights.fused`:
     bf16-master or fp32 on CPU) get FusedMasterAdamW, which also clips to `train.max_grad_norm`; the others
     PyTorch's fused AdamW (one kernel for all parameters)."""
+    import torch
+
+    from adapt.speed import fused_adamw
+
     decay, no_decay = [], []
     for _, param in weights.named_parameters():
         if param.requires_grad:
@@ -137,6 +165,8 @@ class Optimization:
         takes the bf16 gradients and clips them itself. Model weights trained as they are (fp32, autocast) are
         clipped by Accelerate (which unscales fp16 gradients and knows DDP, FSDP and DeepSpeed) unless they
         train in one CPU process with the speed layer on."""
+        import torch
+
         weights, max_grad_norm = self.weights, self.max_grad_norm
         if not weights.fused:
             own_clipping = weights.master or (self.speed_layer and accelerator.device.type == "cpu"

@@ -10,7 +10,8 @@ batches), and transformers runs every linear layer, norm, activation and dropout
 - hooks the base model (`model.base_model`, the module peft's wrappers still call): a forward pre-hook turns a
   right-padded batch into transformers' packed format (`DataCollatorWithFlattening` semantics: input_ids
   [1, T] of real tokens, position_ids restarting per sequence, cu_seq_lens_q/k and max_length_q/k, no
-  attention_mask), and a forward hook gives every packed output back the padded [batch, length, ...] layout
+  attention_mask; on CPU in bf16 the row is rounded up to a few lengths by filler sequences, see
+  `packed_length`), and a forward hook gives every packed output back the padded [batch, length, ...] layout
   (zeros at pads): after the head for per-token heads (LM logits, token classification, QA spans, which then
   run on real tokens only), before it for pooling heads (the pooler is recomputed on it), so every task loss
   reads what the padded forward gives;
@@ -220,6 +221,7 @@ def install(model: torch.nn.Module) -> bool:
     return True
 
 
+MIXTURE_OF_EXPERTS = ("num_experts", "num_local_experts", "n_routed_experts")  # config keys naming an expert count
 LOSS_ARGUMENTS = ("labels", "start_positions", "end_positions")  # what a head's own loss reads in the padded layout
 PER_TOKEN_HEADS = ("ForCausalLM", "ForMaskedLM", "ForTokenClassification", "ForQuestionAnswering")
 
@@ -239,19 +241,58 @@ def _fast_dropout_forward(self: torch.nn.Dropout, x: torch.Tensor) -> torch.Tens
     return dropout(x, self.p, self.training)
 
 
+def packed_length(tokens: int) -> int:
+    """The packed row's length for `tokens` real tokens when matmul shapes are bucketed: `tokens` rounded up
+    to a multiple of 2^(bit_length(tokens) - 4), at least of 16: from 128 tokens on, under 1/8 more rows
+    (1/16 on average).
+
+    Why: oneDNN, which runs bf16/fp16 matmuls on CPU, JIT-compiles a kernel for each new matrix shape
+    (~1 ms per linear layer and direction), and a packed batch's token count T is the row count of every
+    matmul of the step, new almost every step: measured on the SST-2 bench's shapes ([~420, 384] x
+    [384, 1536], AMX), new shapes ran at 266 GFLOP/s and bucketed ones at 621 (benchmarks/README.md).
+    257 to 512 tokens fall into 8 lengths, so after a few steps every shape is cached."""
+    step = 1 << max(4, tokens.bit_length() - 4)
+    return -(-tokens // step) * step
+
+
+def buckets_shapes(device: torch.device, weights_dtype: torch.dtype) -> bool:
+    """Whether a forward on `device` with weights of `weights_dtype` runs its matmuls through oneDNN's
+    per-shape kernels: bf16/fp16 compute on CPU (bf16/fp16 weights, or CPU autocast to bf16/fp16). fp32 on
+    CPU (MKL) and GPUs have no per-shape compilation, so they get the real token count."""
+    if device.type != "cpu":
+        return False
+    if torch.is_autocast_enabled("cpu"):
+        return torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.float16)
+    return weights_dtype in (torch.bfloat16, torch.float16)
+
+
 @dataclass
 class Packing:
     """Where a [batch, length] batch's real tokens sit in the packed row: `token_index` [T] (positions in the
-    flattened batch), `cu_seq_lens` int32 [n_seqs + 1] (sequence boundaries in the packed row)."""
+    flattened batch), `cu_seq_lens` int32 [n_seqs + 1] (sequence boundaries in the packed row; filler
+    sequences, if any, after the real ones), `filler` tokens appended after the T real ones (see
+    `packed_length`): sequences of their own whose outputs are dropped, so they change no real token's output
+    or gradient."""
 
     batch: int
     length: int
     token_index: torch.Tensor
     cu_seq_lens: torch.Tensor
+    filler_lengths: tuple[int, ...] = ()
+
+    @property
+    def filler(self) -> int:
+        return sum(self.filler_lengths)
+
+    @property
+    def packed(self) -> int:
+        """The packed row's length: real tokens plus filler."""
+        return self.token_index.numel() + self.filler
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
-        """A packed [1, T, ...] tensor in the padded layout [batch, length, ...], zeros at pads."""
-        rows = x.new_zeros(self.batch * self.length, *x.shape[2:]).index_copy(0, self.token_index, x.squeeze(0))
+        """A packed [1, T + filler, ...] tensor in the padded layout [batch, length, ...], zeros at pads."""
+        real = x.squeeze(0)[:self.token_index.numel()]
+        rows = x.new_zeros(self.batch * self.length, *x.shape[2:]).index_copy(0, self.token_index, real)
         return rows.view(self.batch, self.length, *x.shape[2:])
 
 
@@ -274,6 +315,8 @@ class PaddingFree:
         base.register_forward_pre_hook(self.flatten, with_kwargs=True)
         padded_outputs.register_forward_hook(self.unflatten, with_kwargs=True, always_call=True)
         self.leave_next = False  # the model around the base computes a loss from padded labels: do not flatten
+        # filler tokens would enter a mixture-of-experts router's batch statistics (its load-balancing loss)
+        self.buckets = not any(getattr(config, k, None) for k in MIXTURE_OF_EXPERTS)
         if padded_outputs is not base:
             padded_outputs.register_forward_pre_hook(self.note_labels, with_kwargs=True)
 
@@ -315,15 +358,24 @@ class PaddingFree:
             return None  # neither padding nor several documents: nothing to gain
         token_index = real.reshape(-1).nonzero().squeeze(1)
         boundaries = starts.reshape(-1)[token_index].nonzero().squeeze(1)
-        cu = torch.cat([boundaries, boundaries.new_tensor([token_index.numel()])]).to(torch.int32)
-        return Packing(batch, length, token_index, cu)
+        tokens = token_index.numel()
+        filler: tuple[int, ...] = ()
+        if tokens and self.buckets and buckets_shapes(device, self.base.dtype):
+            # filler cut into sequences no longer than the longest real one, so no attention gets wider
+            longest = int(torch.cat([boundaries, boundaries.new_tensor([tokens])]).diff().max())
+            extra = packed_length(tokens) - tokens
+            filler = (longest,) * (extra // longest) + ((extra % longest,) if extra % longest else ())
+        ends = torch.tensor([0, *filler], dtype=boundaries.dtype, device=device).cumsum(0) + tokens
+        cu = torch.cat([boundaries, ends]).to(torch.int32)
+        return Packing(batch, length, token_index, cu, filler)
 
     def flatten(self, module, args: tuple, kwargs: dict):
         """Forward pre-hook: the batch's keyword arguments in the packed format (input_ids, position_ids and
-        token_type_ids [1, T], cu_seq_lens_q/k int32 [n_seqs + 1], max_length_q/k, no attention_mask,
-        use_cache=False), or None (unchanged) when `packing` declines the batch. Positions are those the padded
-        forward would use: RoBERTa-style embeddings' `create_position_ids_from_input_ids` (padding_idx + 1
-        onwards), else 0, 1, ... per sequence, else the caller's position_ids."""
+        token_type_ids [1, T + filler] (filler: see `packed_length`, 0 unless matmul shapes are bucketed),
+        cu_seq_lens_q/k int32 [n_seqs + 1], max_length_q/k, no attention_mask, use_cache=False), or None
+        (unchanged) when `packing` declines the batch. Positions are those the padded forward would use:
+        RoBERTa-style embeddings' `create_position_ids_from_input_ids` (padding_idx + 1 onwards), else 0, 1, ...
+        per sequence, else the caller's position_ids."""
         packing = self.packing(args, kwargs)
         self.packings.append(packing)
         if packing is None:
@@ -333,22 +385,33 @@ class PaddingFree:
         mask = kwargs.pop("attention_mask", None)
         index = packing.token_index
 
-        def pack(x: torch.Tensor) -> torch.Tensor:
-            return x.expand(packing.batch, packing.length).reshape(-1)[index].unsqueeze(0)
+        def pack(x: torch.Tensor, filler: torch.Tensor | int) -> torch.Tensor:
+            """[batch, length] -> [1, T + filler]: the real tokens, then the filler's values."""
+            packed = x.expand(packing.batch, packing.length).reshape(-1)[index]
+            if packing.filler:
+                if isinstance(filler, int):
+                    filler = packed.new_full((packing.filler,), filler)
+                packed = torch.cat([packed, filler])
+            return packed.unsqueeze(0)
 
         position_ids = kwargs.get("position_ids")
+        first_position = 0
         if position_ids is None:
             if self.positions_from_ids is not None and self.padding_idx is not None:
                 position_ids = self.positions_from_ids(input_ids, self.padding_idx)
+                first_position = self.padding_idx + 1
             else:
                 position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
-        kwargs["position_ids"] = pack(position_ids)
+        # filler sequences: positions from each one's start, the token id of the batch's first token, type 0
+        filler_positions = [torch.arange(n, device=index.device) for n in packing.filler_lengths]
+        filler_positions = torch.cat(filler_positions) if filler_positions else 0
+        kwargs["position_ids"] = pack(position_ids, filler_positions + first_position)
         token_type_ids = kwargs.get("token_type_ids")
         if token_type_ids is not None:
-            kwargs["token_type_ids"] = pack(token_type_ids)
+            kwargs["token_type_ids"] = pack(token_type_ids, 0)
         elif self.token_types and self.takes_token_types:
-            kwargs["token_type_ids"] = torch.zeros(1, index.numel(), dtype=torch.long, device=index.device)
-        kwargs["input_ids"] = pack(input_ids)
+            kwargs["token_type_ids"] = torch.zeros(1, packing.packed, dtype=torch.long, device=index.device)
+        kwargs["input_ids"] = pack(input_ids, int(input_ids.reshape(-1)[index[0]]) if packing.filler else 0)
         max_length = int(packing.cu_seq_lens.diff().max())
         kwargs.update(cu_seq_lens_q=packing.cu_seq_lens, cu_seq_lens_k=packing.cu_seq_lens,
                       max_length_q=max_length, max_length_k=max_length)
@@ -363,7 +426,7 @@ class PaddingFree:
         packing = self.packings.pop() if self.packings else None
         if packing is None or output is None:
             return None
-        tokens = packing.token_index.numel()
+        tokens = packing.packed
 
         def pad(x):
             if isinstance(x, torch.Tensor) and x.dim() >= 2 and x.shape[:2] == (1, tokens):

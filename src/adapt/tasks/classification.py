@@ -410,6 +410,25 @@ def _as_number(value: Any) -> float | None:
     return None
 
 
+def _distinct(values: list) -> tuple[list, list[int], list[int]] | None:
+    """(the distinct values in order of first appearance, the row of each one's first appearance, each row's
+    index into the distinct values), or None when a value is unhashable (a list or mapping cell). Values are
+    told apart by type too (True is not 1). Label columns hold few distinct values: checks that depend on the
+    value alone run once per value, and the first failing value is the first failing row."""
+    index: dict = {}
+    first_rows: list[int] = []
+    codes: list[int] = []
+    try:
+        for row, value in enumerate(values):
+            code = index.setdefault((type(value), value), len(index))
+            if code == len(first_rows):
+                first_rows.append(row)
+            codes.append(code)
+    except TypeError:
+        return None
+    return [value for _, value in index], first_rows, codes
+
+
 def class_labels(values: list, source: str, names: list[str] | None, column: str = "label") -> list[str]:
     """Class names (strings) for a raw label column, decided by its content.
 
@@ -421,8 +440,18 @@ def class_labels(values: list, source: str, names: list[str] | None, column: str
         AdaptError: naming `source` and the row's line (`data.row_location`) for an empty, null or NaN label, a
             list/object label, a column of continuous numbers (a regression target, not classes), an id outside
             `names`, or a name not in `names` (saying how to set data.label_names)."""
+    distinct = _distinct(values)
+    if distinct is None:
+        return _class_labels(values, range(len(values)), source, names, column)
+    unique, first_rows, codes = distinct
+    labels = _class_labels(unique, first_rows, source, names, column)
+    return [labels[code] for code in codes]
+
+
+def _class_labels(values: list, rows, source: str, names: list[str] | None, column: str) -> list[str]:
+    """`class_labels` of `values`, the values of rows `rows` (the rows errors name)."""
     def where(index: int) -> str:
-        return f"{source}: {data.row_location(source, index)}"
+        return f"{source}: {data.row_location(source, rows[index])}"
 
     numbers: list[float | None] = []
     single = {str(v).strip() for v in values if not (isinstance(v, str) and _LABEL_LIST.search(v))}
@@ -505,6 +534,8 @@ def detect_problem_type(values: list) -> str:
     a JSON list string, or a delimiter-joined cell such as `6,9,27` / `joy;anger`, see `_is_label_list`) ->
     multi_label_classification; else a column whose non-empty values are all numbers with at least one
     non-integer (`3.8`) -> regression; else single_label_classification (class names or integer ids)."""
+    distinct = _distinct(values)
+    values = values if distinct is None else distinct[0]
     single = {str(v).strip() for v in values if not (isinstance(v, str) and _LABEL_LIST.search(v))}
     if any(_json_list(v) is not None or (isinstance(v, str) and _is_label_list(v, single)) for v in values):
         return MULTI_LABEL
