@@ -454,3 +454,30 @@ def test_bf16_models_pack_to_bucketed_lengths_and_mixture_of_experts_models_do_n
     spy.calls.clear()
     moe(**ragged_batch())  # the router's load-balancing statistics would count filler tokens
     assert {shape[2] for shape, _ in spy.calls} == {20}
+
+
+@pytest.mark.parametrize("head", [BertForSequenceClassification, RobertaForSequenceClassification])
+def test_a_first_token_classifier_runs_its_last_layer_after_attention_on_first_tokens_only(head, attention_path):
+    """[CLS]/<s> heads: the last layer's output projection and feed-forward see one row per sequence (4, not
+    20 tokens), and logits and every gradient still equal transformers' padded forward; other layers and a
+    call asking for hidden states see every token."""
+    reference, fast = twins(head)
+    batch = ragged_batch()
+    rows = {}
+    for name, module in fast.named_modules():
+        if name.endswith("attention.output.dense"):
+            module.register_forward_hook(lambda m, args, out, name=name: rows.__setitem__(name, args[0].shape[1]))
+    torch.testing.assert_close(fast(**batch).logits, reference(**batch).logits, atol=1e-5, rtol=1e-5)
+    assert list(rows.values()) == [20, 20, 4]
+    fast(**batch).logits.square().sum().backward()
+    reference(**batch).logits.square().sum().backward()
+    grads = dict(fast.named_parameters())
+    for name, param in reference.named_parameters():
+        if param.grad is not None:
+            torch.testing.assert_close(grads[name].grad, param.grad, atol=1e-5, rtol=1e-4, msg=name)
+    out = fast(**batch, output_hidden_states=True)
+    assert list(rows.values()) == [20, 20, 20]
+    real = batch["attention_mask"].bool()
+    expected = reference(**batch, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(out.hidden_states[-1][real], expected[real], atol=1e-5, rtol=1e-5)
+    assert padding_free.first_token_layer(tiny(BertForTokenClassification)) is None

@@ -47,3 +47,14 @@ def test_the_command_line_applies_its_settings_before_torch_and_transformers_loa
             "if m in sys.modules)); from adapt.speed import padding_free; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     assert out[:2] == ["[]", "True"]
+
+
+def test_freed_memory_is_kept_unless_the_user_chose_malloc_settings(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("MALLOC_") or n in ("GLIBC_TUNABLES", "LD_PRELOAD")]:
+        monkeypatch.delenv(name)
+    assert runtime.keep_freed_memory()  # glibc (this machine's C library) accepts both options
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "65536")
+    assert not runtime.keep_freed_memory()
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
+    monkeypatch.setenv("LD_PRELOAD", "libjemalloc.so.2")
+    assert not runtime.keep_freed_memory()

@@ -362,3 +362,85 @@ def test_smollm2_on_tiny_shakespeare_runs(tmp_path):
         ("output_dir", str(tmp_path / "run")), ("tracking", [])]))
     # the pretrained model already knows English: far below the 49k-token uniform perplexity
     assert final["validation"]["perplexity"] < 200
+
+
+# ---- the training loss on one packed row ------------------------------------------------------------
+def _twin_llamas():
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from adapt.speed import padding_free
+
+    torch.manual_seed(0)
+    reference = LlamaForCausalLM(LlamaConfig(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=4, num_key_value_heads=2))
+    packed = copy.deepcopy(reference)
+    assert padding_free.install(packed)
+    return reference, packed
+
+
+@pytest.mark.parametrize("layout", ["prompt/completion rows", "document blocks"])
+def test_the_packed_loss_equals_the_padded_loss_and_its_gradients(layout):
+    from adapt.tasks.base import summed_cross_entropy
+    from adapt.tasks.causal_lm import packed_targets_loss, trains_packed
+
+    reference, packed = _twin_llamas()
+    assert not trains_packed(reference) and trains_packed(packed)  # sdpa stays padded; adapt_varlen packs
+    torch.manual_seed(1)
+    if layout == "prompt/completion rows":
+        lengths, width = (9, 4, 2, 6), 9
+        ids = torch.randint(3, 100, (4, width))
+        mask = torch.tensor([[1] * n + [0] * (width - n) for n in lengths])
+        labels = torch.where(mask.bool(), ids, -100)
+        labels[:, :2] = -100  # two prompt tokens per row
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    else:  # blocks of 8 tokens, documents restarting positions inside them, no attention_mask
+        ids = torch.randint(3, 100, (2, 8))
+        positions = torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 0, 1, 2, 3, 4, 5]])
+        labels = ids.masked_fill(positions == 0, -100)
+        batch = {"input_ids": ids, "position_ids": positions, "labels": labels}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    expected, targets = summed_cross_entropy(reference(**inputs, use_cache=False).logits[:, :-1], labels[:, 1:])
+    actual, packed_targets = packed_targets_loss(packed, batch)
+    assert int(packed_targets) == int(targets) == int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)
+    expected.backward()
+    actual.backward()
+    grads = dict(packed.named_parameters())
+    for name, param in reference.named_parameters():
+        torch.testing.assert_close(grads[name].grad, param.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_the_packed_loss_computes_logits_only_at_scored_positions(monkeypatch):
+    from adapt.tasks.causal_lm import packed_targets_loss
+
+    _, packed = _twin_llamas()
+    rows = []
+    packed.lm_head.register_forward_hook(lambda m, args, out: rows.append(tuple(args[0].shape)))
+    ids = torch.randint(3, 100, (2, 6))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3:] = ids[0, 3:]  # 3 targets in row 0, 1 in row 1
+    labels[1, 5] = ids[1, 5]
+    packed_targets_loss(packed, {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels})
+    assert rows == [(1, 4, 32)]  # 4 hidden states reach the vocabulary projection, not 12
+
+
+def test_chunked_cross_entropy_equals_the_upcast_cross_entropy():
+    import torch.nn.functional as F
+
+    from adapt.tasks.base import ChunkedCrossEntropy, target_cross_entropy
+
+    torch.manual_seed(0)
+    rows = 2 * ChunkedCrossEntropy.ROWS + 22  # three blocks, the last one partial
+    logits = (torch.randn(rows, ChunkedCrossEntropy.MIN_CLASSES + 5) * 3).to(torch.bfloat16)
+    targets = torch.randint(0, logits.shape[1], (rows,))
+    upcast, chunked = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    expected = F.cross_entropy(upcast.float(), targets, reduction="sum")
+    actual = target_cross_entropy(chunked, targets)
+    assert actual.grad_fn.name().startswith("ChunkedCrossEntropy")
+    torch.testing.assert_close(actual, expected, atol=1e-3, rtol=1e-6)
+    (expected * 0.37).backward()
+    (actual * 0.37).backward()
+    assert chunked.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(chunked.grad.float(), upcast.grad.float(), atol=1e-7, rtol=8e-3)  # within a bf16 step

@@ -4,6 +4,7 @@ token-weighted perplexity, and used for text generation."""
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ from adapt.errors import AdaptError
 from adapt.metrics import perplexity_from_nll
 from adapt.metrics.generation import ROUGE_TYPES, exact_match_score, max_reference_rouge, translation_scores
 from adapt.tasks.base import (Task, TaskOptions, apply_generation_settings, ensure_pad_token, model_inputs,
-                               pad_batch, predict_input, summed_cross_entropy)
+                               pad_batch, predict_input, summed_cross_entropy, target_cross_entropy)
 
 
 def synced_generation(model: torch.nn.Module) -> bool:
@@ -72,6 +73,44 @@ def forward(model, batch: dict[str, torch.Tensor]):
     and transformers reads packed documents from `position_ids` (block-diagonal causal mask) only when no
     cache is passed (`masking_utils._preprocess_mask_arguments`), while `config.use_cache` defaults to true."""
     return model(**model_inputs(batch), use_cache=False)
+
+
+# attention implementations that run a packed row per sequence (varlen kernels), with no [tokens, tokens] mask
+PACKED_ATTENTION = ("adapt_varlen", "flash_attention_2", "flash_attention_3")
+
+
+def trains_packed(model) -> bool:
+    """Whether `loss` flattens a batch into one packed row for `model` (a transformers causal LM, maybe wrapped
+    by peft or DDP): its attention runs packed sequences without a [tokens, tokens] mask (`PACKED_ATTENTION`:
+    adapt's padding-free attention, flash-attention), and its forward takes `logits_to_keep`. With sdpa or
+    eager attention a packed row would cost a [tokens, tokens] mask, so batches stay padded."""
+    from accelerate.utils import extract_model_from_parallel
+
+    model = extract_model_from_parallel(model)
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(model, "config", None)
+    return (getattr(config, "_attn_implementation", None) in PACKED_ATTENTION
+            and "logits_to_keep" in inspect.signature(model.forward).parameters)
+
+
+def packed_targets_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`CausalLM.loss` on a packed row: the batch's rows (right-padded, or full blocks of documents with
+    `position_ids`) joined into one row of real tokens with position_ids restarting per row (or keeping the
+    blocks' own), as `DataCollatorWithFlattening` packs; logits are computed only where a target is scored
+    (transformers' `logits_to_keep` with the packed positions), so no [batch, length, vocabulary] tensor and no
+    logits of prompt or pad tokens exist. The targets are those of the padded batch: labels[b, t + 1] scored
+    from position (b, t) within each row. Returns (summed cross-entropy in fp32, target count)."""
+    input_ids, labels = batch["input_ids"], batch["labels"]
+    mask = batch.get("attention_mask")
+    real = torch.ones_like(input_ids, dtype=torch.bool) if mask is None else mask.bool()
+    positions = batch.get("position_ids")
+    positions = (real.long().cumsum(1) - 1) if positions is None else positions.expand_as(input_ids)
+    rows, columns = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    offsets = real.sum(1).cumsum(0) - real.sum(1)  # each row's first position in the packed row
+    logits = model(input_ids=input_ids[real][None], position_ids=positions[real][None], use_cache=False,
+                   logits_to_keep=offsets[rows] + columns).logits[0]
+    targets = labels[rows, columns + 1]
+    return target_cross_entropy(logits, targets), targets.new_tensor(targets.numel())
 
 
 def pack_blocks(token_lists: list[list[int]], ends_document: list[bool], eos_id: int,
@@ -423,7 +462,10 @@ class CausalLM(Task):
 
     # ---- loss and evaluation --------------------------------------------------------------------------
     def loss(self, model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(summed next-token cross-entropy, targets): logits at position i score labels[i + 1]."""
+        """(summed next-token cross-entropy, targets): logits at position i score labels[i + 1]; on a packed row
+        where the model's attention runs one (`trains_packed`, `packed_targets_loss`)."""
+        if trains_packed(model):
+            return packed_targets_loss(model, batch)
         logits = forward(model, batch).logits
         return summed_cross_entropy(logits[:, :-1], batch["labels"][:, 1:])
 
