@@ -68,31 +68,6 @@ def setup_done() -> None:
         gc.freeze()
         gc.enable()
         _collection_deferred = False
-# glibc malloc options (malloc.h): M_TRIM_THRESHOLD, M_MMAP_MAX
-_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
-
-
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc serve large blocks from the heap and keep what is freed for reuse (no mmap per
-    block, no trimming), so that the activations and logits a training step allocates reuse pages the process
-    already has. By default every block over the mmap threshold (at most 32 MB) is a fresh mapping that the
-    kernel fills with zeroed pages on first touch: measured here, a fresh 400 MB tensor cost 2.3x a reused one
-    to fill, and a SmolLM2 step of 1,953 tokens took 10.5 s instead of 6.8 s. The process's memory then stays
-    at its peak until exit. Returns False (nothing changed) where the C library is not glibc or the user set
-    malloc's options (MALLOC_* variables, GLIBC_TUNABLES) or preloads another allocator."""
-    import ctypes
-    import ctypes.util
-
-    if (any(name.startswith("MALLOC_") for name in os.environ)
-            or "GLIBC_TUNABLES" in os.environ or os.environ.get("LD_PRELOAD")):
-        return False
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
 
 
 def finish() -> None:
