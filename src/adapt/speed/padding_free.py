@@ -357,7 +357,7 @@ class PaddingFree:
         self.buckets = not any(getattr(config, k, None) for k in MIXTURE_OF_EXPERTS)
         if padded_outputs is not base:
             padded_outputs.register_forward_pre_hook(self.note_labels, with_kwargs=True)
-        self.first_token_layer = first_token_layer is not None
+        self.keeps_first_tokens = first_token_layer is not None
         if first_token_layer is not None:
             first_token_layer.register_forward_pre_hook(self.keep_first_tokens)
 
@@ -410,7 +410,7 @@ class PaddingFree:
         cu = torch.cat([boundaries, ends]).to(torch.int32)
         hidden_states = kwargs.get("output_hidden_states")
         hidden_states = self.base.config.output_hidden_states if hidden_states is None else hidden_states
-        return Packing(batch, length, token_index, cu, filler, self.first_token_layer and not hidden_states)
+        return Packing(batch, length, token_index, cu, filler, self.keeps_first_tokens and not hidden_states)
 
     def keep_first_tokens(self, module, args: tuple):
         """Forward pre-hook of the last layer's post-attention module (`first_token_layer`): its inputs (the
@@ -438,14 +438,10 @@ class PaddingFree:
         mask = kwargs.pop("attention_mask", None)
         index = packing.token_index
 
-        def pack(x: torch.Tensor, filler: torch.Tensor | int) -> torch.Tensor:
-            """[batch, length] -> [1, T + filler]: the real tokens, then the filler's values."""
+        def pack(x: torch.Tensor, filler: torch.Tensor | None) -> torch.Tensor:
+            """[batch, length] -> [1, T + filler]: the real tokens, then the filler's values (if any)."""
             packed = x.expand(packing.batch, packing.length).reshape(-1)[index]
-            if packing.filler:
-                if isinstance(filler, int):
-                    filler = packed.new_full((packing.filler,), filler)
-                packed = torch.cat([packed, filler])
-            return packed.unsqueeze(0)
+            return (packed if filler is None else torch.cat([packed, filler.to(packed.dtype)])).unsqueeze(0)
 
         position_ids = kwargs.get("position_ids")
         first_position = 0
@@ -456,15 +452,19 @@ class PaddingFree:
             else:
                 position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
         # filler sequences: positions from each one's start, the token id of the batch's first token, type 0
-        filler_positions = [torch.arange(n, device=index.device) for n in packing.filler_lengths]
-        filler_positions = torch.cat(filler_positions) if filler_positions else 0
-        kwargs["position_ids"] = pack(position_ids, filler_positions + first_position)
+        filler_positions = filler_ids = filler_types = None
+        if packing.filler:
+            filler_positions = torch.cat([torch.arange(n, device=index.device) for n in packing.filler_lengths])
+            filler_positions += first_position
+            filler_ids = input_ids.reshape(-1)[index[:1]].expand(packing.filler)
+            filler_types = index.new_zeros(packing.filler)
+        kwargs["position_ids"] = pack(position_ids, filler_positions)
         token_type_ids = kwargs.get("token_type_ids")
         if token_type_ids is not None:
-            kwargs["token_type_ids"] = pack(token_type_ids, 0)
+            kwargs["token_type_ids"] = pack(token_type_ids, filler_types)
         elif self.token_types and self.takes_token_types:
             kwargs["token_type_ids"] = torch.zeros(1, packing.packed, dtype=torch.long, device=index.device)
-        kwargs["input_ids"] = pack(input_ids, int(input_ids.reshape(-1)[index[0]]) if packing.filler else 0)
+        kwargs["input_ids"] = pack(input_ids, filler_ids)
         max_length = int(packing.cu_seq_lens.diff().max())
         kwargs.update(cu_seq_lens_q=packing.cu_seq_lens, cu_seq_lens_k=packing.cu_seq_lens,
                       max_length_q=max_length, max_length_k=max_length)

@@ -341,16 +341,16 @@ def target_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
     """Sum over rows of -log softmax(logits[i])[targets[i]], computed in fp32: `logits` [rows, classes] (any float
     dtype), `targets` [rows] class ids. Vocabulary-sized rows go through `ChunkedCrossEntropy`, the others
     through `F.cross_entropy` on the upcast logits."""
-    if logits.shape[-1] < ChunkedCrossEntropy.MIN_CLASSES or logits.dtype == torch.float32:
+    if logits.shape[-1] < ChunkedCrossEntropy.MIN_CLASSES:
         return F.cross_entropy(logits.float(), targets, reduction="sum")
     return ChunkedCrossEntropy.apply(logits, targets)
 
 
 class ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of bf16/fp16 logits [rows, vocabulary] in fp32, a block of rows at a time: upcasting
-    all of a language model's logits at once (`F.cross_entropy(logits.float())`) makes two fp32 copies of them
-    (the upcast and its log-softmax, ~270 MB each for 1,400 targets of a 49k vocabulary) that training reads
-    and writes at memory speed. The forward keeps each row's log-sum-exp (fp32 [rows]); the backward recomputes
+    """Summed cross-entropy of logits [rows, vocabulary] in fp32, a block of rows at a time: upcasting all of a
+    language model's logits at once (`F.cross_entropy(logits.float())`) makes fp32 copies of them (the upcast
+    and its log-softmax, ~270 MB each for 1,400 targets of a 49k vocabulary; fp32 logits still get the
+    log-softmax) that training reads and writes at memory speed. The forward keeps each row's log-sum-exp (fp32 [rows]); the backward recomputes
     softmax - one_hot per block, in fp32, scaled by the incoming gradient and cast to the logits' dtype, as
     autograd's log-softmax backward computes it."""
 

@@ -75,21 +75,19 @@ def forward(model, batch: dict[str, torch.Tensor]):
     return model(**model_inputs(batch), use_cache=False)
 
 
-# attention implementations that run a packed row per sequence (varlen kernels), with no [tokens, tokens] mask
-PACKED_ATTENTION = ("adapt_varlen", "flash_attention_2", "flash_attention_3")
-
-
 def trains_packed(model) -> bool:
     """Whether `loss` flattens a batch into one packed row for `model` (a transformers causal LM, maybe wrapped
-    by peft or DDP): its attention runs packed sequences without a [tokens, tokens] mask (`PACKED_ATTENTION`:
-    adapt's padding-free attention, flash-attention), and its forward takes `logits_to_keep`. With sdpa or
-    eager attention a packed row would cost a [tokens, tokens] mask, so batches stay padded."""
+    by peft or DDP): its attention runs packed sequences without a [tokens, tokens] mask (adapt's padding-free
+    attention, flash-attention), and its forward takes `logits_to_keep`. With sdpa or eager attention a packed
+    row would cost a [tokens, tokens] mask, so batches stay padded."""
     from accelerate.utils import extract_model_from_parallel
+
+    from adapt.speed.padding_free import ATTENTION
 
     model = extract_model_from_parallel(model)
     model = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = getattr(model, "config", None)
-    return (getattr(config, "_attn_implementation", None) in PACKED_ATTENTION
+    return (getattr(config, "_attn_implementation", None) in (ATTENTION, "flash_attention_2", "flash_attention_3")
             and "logits_to_keep" in inspect.signature(model.forward).parameters)
 
 
@@ -482,10 +480,12 @@ class CausalLM(Task):
         model = extract_model_from_parallel(model)
         if "labels" not in batch:
             return {"generated": self.generate(model, batch)}
-        logits = forward(model, batch).logits[:, :-1].float()
         targets = batch["labels"][:, 1:]
-        nll = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="none").sum(-1)
-        out = {"nll": nll, "tokens": (targets != -100).sum(-1)}
+        scored = targets != -100  # only these rows of the logits are upcast, as in `summed_cross_entropy`
+        per_target = F.cross_entropy(forward(model, batch).logits[:, :-1][scored].float(), targets[scored],
+                                     reduction="none")
+        nll = per_target.new_zeros(targets.shape[0]).index_add_(0, scored.nonzero()[:, 0], per_target)
+        out = {"nll": nll, "tokens": scored.sum(-1)}
         rows = batch.get("generate_rows")
         if rows is not None and not len(rows) and synced_generation(model):
             # a sharded model: every process must run as many generate() calls (each token's forward gathers
